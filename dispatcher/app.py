@@ -1,0 +1,52 @@
+"""The Starlette application of one dispatcher pod, built by a factory with a lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from dispatcher.channel import channel
+from dispatcher.pod import Pod
+from dispatcher.settings import Settings
+
+
+async def healthz(request: Request) -> Response:
+    """200 while the process lives."""
+    return PlainTextResponse("ok\n")
+
+
+async def readyz(request: Request) -> Response:
+    """200 only while Redis answers and the doorbell subscription is live."""
+    pod: Pod = request.app.state.pod
+    if await pod.ready():
+        return JSONResponse({"ready": True, "pod": pod.id})
+    return JSONResponse({"ready": False, "pod": pod.id}, status_code=503)
+
+
+def create_app(settings: Settings, pod: Pod | None = None) -> Starlette:
+    """A pod's ASGI app; the lifespan starts and stops the pod's Redis side."""
+    the_pod = pod or Pod(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await the_pod.start()
+        try:
+            yield
+        finally:
+            await the_pod.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            WebSocketRoute("/v1/runners/{runner}/channel", channel),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.pod = the_pod
+    return app

@@ -1,0 +1,217 @@
+"""The runner channel endpoint, ``GET /v1/runners/{runner}/channel`` (PROTOCOL.md).
+
+Authentication and the connect rate limit run before the upgrade, so a refused handshake is a
+plain HTTP 401/429 and changes no job or runner state. After the upgrade, frames are read one at
+a time and handled in order; every job-scoped message goes through a fenced Redis function.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+import msgspec
+import redis
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket
+
+from dispatcher import functions, messages
+from dispatcher.errors import ProtocolError
+from dispatcher.pod import Pod
+from dispatcher.session import Event, State
+from dispatcher.sockets import RunnerSocket
+from dispatcher.tokens import token_hash
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+
+
+# -- before the upgrade ---------------------------------------------------------------------------
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme case-insensitive)."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
+
+
+async def refusal(pod: Pod, runner: str, header: str | None) -> PlainTextResponse | None:
+    """Why this handshake is refused (a response to send instead of upgrading), or None."""
+    if pod.stopping:
+        return PlainTextResponse("dispatcher pod shutting down\n", status_code=503)
+    token = bearer_token(header)
+    stored = await pod.redis.hget(pod.keys.runner(runner), "token_hash")  # type: ignore[misc]
+    if token is None or stored is None or not hmac.compare_digest(
+            stored.decode(), token_hash(token)):
+        return PlainTextResponse("invalid runner token\n", status_code=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+    now = time.time()
+    minute = int(now // 60)
+    key = pod.keys.connect_rate(runner, minute)
+    async with pod.redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        attempts, _ = await pipe.execute()
+    if int(attempts) > pod.settings.connect_rate:
+        retry_after = str(max(1, int((minute + 1) * 60 - now + 0.999)))
+        return PlainTextResponse("too many connection attempts\n", status_code=429,
+                                 headers={"Retry-After": retry_after})
+    return None
+
+
+async def channel(ws: WebSocket) -> None:
+    """One runner connection, from handshake to close."""
+    pod: Pod = ws.app.state.pod
+    runner = ws.path_params["runner"]
+    try:
+        refused = await refusal(pod, runner, ws.headers.get("authorization"))
+    except redis.RedisError as exc:
+        log.warning("handshake of %s: Redis unavailable: %s", runner, exc)
+        refused = PlainTextResponse("storage unavailable\n", status_code=503)
+    if refused is not None:
+        await ws.send_denial_response(refused)
+        return
+    await ws.accept()
+    try:
+        sock = await pod.attach(runner, ws)
+    except redis.RedisError as exc:
+        log.warning("attach of %s failed: %s", runner, exc)
+        await ws.close(CLOSE_INTERNAL, "storage unavailable")
+        return
+    try:
+        await serve(pod, sock)
+    finally:
+        await pod.detach(sock)
+
+
+# -- after the upgrade ----------------------------------------------------------------------------
+
+
+async def serve(pod: Pod, sock: RunnerSocket) -> None:
+    """Read frames until the runner or the pod closes the connection."""
+    while not sock.closed:
+        frame = await sock.ws.receive()
+        if frame["type"] == "websocket.disconnect":
+            sock.closed = True
+            return
+        try:
+            await handle_frame(pod, sock, frame)
+        except ProtocolError as exc:
+            await sock.close(exc.code, exc.reason)
+        except redis.RedisError as exc:
+            log.warning("runner %s: Redis error, closing: %s", sock.runner, exc)
+            await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
+
+
+async def handle_frame(pod: Pod, sock: RunnerSocket, frame: dict[str, object]) -> None:
+    text = frame.get("text")
+    if not isinstance(text, str):
+        raise ProtocolError(CLOSE_UNSUPPORTED, "binary frames are not accepted")
+    if len(text) > pod.settings.max_message_bytes:
+        raise ProtocolError(CLOSE_TOO_BIG, "message over the size limit")
+    try:
+        message = messages.decode_runner_message(text)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        raise ProtocolError(CLOSE_INVALID, f"invalid message: {exc}"[:120]) from None
+    await HANDLERS[type(message)](pod, sock, message)
+
+
+async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
+    assert isinstance(message, messages.Ready)
+    sock.session.fire(Event.READY)
+    sock.rang = False
+    info = messages.encoder.encode(message.runner).decode() if message.runner else ""
+    reply = await functions.run(pod.redis, functions.ready(pod.keys, sock.runner, sock.conn, info))
+    if reply["result"] == "job":
+        await pod.deliver(sock, reply)
+    elif reply["result"] == "idle":
+        sock.session.fire(Event.WAIT)
+        pod.arm_poll(sock, message.poll_timeout)
+        if sock.rang:  # a doorbell came while the ready script ran: look again now
+            pod.spawn(pod.observe(sock.runner))
+    else:
+        await pod.observe(sock.runner)  # no longer the runner's current connection
+
+
+def _check_running_allowed(sock: RunnerSocket) -> None:
+    if sock.session.state in (State.POLLING, State.READYING):
+        sock.session.fire(Event.RUNNING)  # raises the 1008 protocol error
+
+
+async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
+    assert isinstance(message, messages.Running)
+    _check_running_allowed(sock)
+    call = functions.start(pod.keys, sock.runner, message.job, message.attempt)
+    reply = await functions.run(pod.redis, call)
+    if reply["result"] == "ok":
+        sock.session.start_job(message.job, message.attempt, Event.RUNNING)
+        await sock.send(messages.Ack(job=message.job, of="running"))
+    else:
+        await _send_cancel(sock, message.job, message.attempt, reply["reason"])
+
+
+async def on_heartbeat(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
+    assert isinstance(message, messages.Heartbeat)
+    call = functions.heartbeat(pod.keys, sock.runner, message.job, message.attempt)
+    reply = await functions.run(pod.redis, call)
+    if reply["result"] == "ok":
+        await sock.send(messages.Ack(job=message.job, of="heartbeat"))
+    else:
+        await _send_cancel(sock, message.job, message.attempt, reply["reason"])
+
+
+async def _send_cancel(sock: RunnerSocket, job: str, attempt: int, reason: str) -> None:
+    if sock.session.holds(job):
+        sock.session.fire(Event.JOB_DONE)
+    await sock.send(messages.Cancel(job=job, attempt=attempt, reason=reason))  # type: ignore[arg-type]
+
+
+async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
+    """Record (fenced), queue for the result writers, then acknowledge (rule 4)."""
+    assert isinstance(message, messages.Completed | messages.Failed | messages.Canceled)
+    reply = await functions.run(pod.redis, finish_call(pod, sock, message))
+    if reply["result"] in ("recorded", "duplicate"):
+        await pod.enqueue(message.job, message.attempt)
+    if sock.session.holds(message.job):
+        sock.session.fire(Event.JOB_DONE)
+    await sock.send(messages.Ack(job=message.job, of=_TERMINAL_EVENT[type(message)]))
+
+
+_TERMINAL_EVENT: dict[type, messages.AckOf] = {
+    messages.Completed: "completed", messages.Failed: "failed", messages.Canceled: "canceled"}
+
+
+def finish_call(pod: Pod, sock: RunnerSocket,
+                message: messages.Completed | messages.Failed | messages.Canceled
+                ) -> functions.Call[dict[str, Any]]:
+    status = _TERMINAL_EVENT[type(message)]
+    if isinstance(message, messages.Canceled):
+        return functions.finish(pod.keys, sock.runner, message.job, message.attempt, status,
+                                exit_code=None, results=None, stdout=None, stderr=None,
+                                error="canceled by the runner")
+    results = None if message.results is None else messages.encoder.encode(message.results).decode()
+    error = message.error if isinstance(message, messages.Failed) else ""
+    return functions.finish(pod.keys, sock.runner, message.job, message.attempt, status,
+                            exit_code=message.exit_code, results=results, stdout=message.stdout,
+                            stderr=message.stderr, error=error)
+
+
+HANDLERS = {
+    messages.Ready: on_ready,
+    messages.Running: on_running,
+    messages.Heartbeat: on_heartbeat,
+    messages.Completed: on_terminal,
+    messages.Failed: on_terminal,
+    messages.Canceled: on_terminal,
+}

@@ -1,0 +1,78 @@
+"""The pod's doorbell: one pub/sub connection subscribed to the pod's own channel.
+
+Every message names a runner whose Redis state changed. The reader never blocks: it hands the
+name to a callback that schedules work. Each time the subscription is (re)confirmed — at start and
+after redis-py reconnects a dropped connection on its own — ``on_subscribed`` runs a reconcile,
+because messages published while the connection was down are gone (pub/sub is at-most-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import redis
+import redis.asyncio
+
+from dispatcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.1
+RETRY_MAX = 30.0
+
+
+class Doorbell:
+    """Subscribe to ``channel`` and call ``on_bell(runner)`` for every message."""
+
+    def __init__(self, settings: Settings, channel: str, on_bell: Callable[[str], None],
+                 on_subscribed: Callable[[], Awaitable[None]]) -> None:
+        self._settings = settings
+        self._channel = channel
+        self._on_bell = on_bell
+        self._on_subscribed = on_subscribed
+        self.live = False
+
+    async def run(self) -> None:
+        """Listen until cancelled, rebuilding the connection with jittered back-off."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                self.live = False
+                raise
+            except (redis.RedisError, OSError) as exc:
+                self.live = False
+                log.warning("doorbell connection lost (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, RETRY_MAX)
+            else:
+                delay = RETRY_MIN
+
+    async def _listen(self) -> None:
+        client = redis.asyncio.Redis.from_url(
+            self._settings.redis_url, socket_keepalive=True, health_check_interval=0)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self._channel)
+            async for message in pubsub.listen():
+                await self._handle(message)
+        finally:
+            self.live = False
+            await pubsub.aclose()
+            await client.aclose()
+
+    async def _handle(self, message: dict[str, object]) -> None:
+        kind = message.get("type")
+        if kind == "message":
+            data = message["data"]
+            self._on_bell(data.decode() if isinstance(data, bytes) else str(data))
+        elif kind == "subscribe":
+            self.live = True
+            try:
+                await self._on_subscribed()
+            except redis.RedisError as exc:  # the tick will catch up
+                log.warning("reconcile after subscribe failed: %s", exc)

@@ -1,0 +1,119 @@
+"""Every Redis key and channel name, built in one place.
+
+The Lua library (``lua/dispatch.lua``) builds the same names from the namespace with the helpers at
+its top; ``tests/dispatcher/test_keys.py`` pins the two together. Nothing else formats key strings.
+All names of one namespace start with ``{namespace}:``, so two namespaces on one Redis never meet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+LIBRARY_VERSION = 1
+LIBRARY_NAME = f"dispatch_v{LIBRARY_VERSION}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key and channel names of one namespace."""
+
+    namespace: str
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    # -- jobs -------------------------------------------------------------------------------
+    def job(self, job_id: str) -> str:
+        """HASH: the job record."""
+        return self._k("job", job_id)
+
+    def pending(self, spec: str) -> str:
+        """ZSET: pending jobs of one spec; score -priority, member '<seq>:<job id>' (age order)."""
+        return self._k("pending", spec)
+
+    @property
+    def leases(self) -> str:
+        """ZSET: job id -> next deadline (ms) of every claimed or running job."""
+        return self._k("leases")
+
+    @property
+    def seq(self) -> str:
+        """STRING counter: submission order, makes equal-priority jobs first-in first-out."""
+        return self._k("seq")
+
+    @property
+    def events(self) -> str:
+        """STREAM: append-only, capped log of state changes."""
+        return self._k("events")
+
+    @property
+    def config(self) -> str:
+        """HASH: timeouts the scripts use (written by every pod at start; last writer wins)."""
+        return self._k("config")
+
+    @property
+    def stats(self) -> str:
+        """HASH: monotonic counters (submitted, dispatched, completed, ...)."""
+        return self._k("stats")
+
+    @property
+    def schema(self) -> str:
+        """STRING: schema version of this namespace's keys."""
+        return self._k("schema")
+
+    # -- runners ----------------------------------------------------------------------------
+    def runner(self, name: str) -> str:
+        """HASH: the runner record."""
+        return self._k("runner", name)
+
+    @property
+    def runners(self) -> str:
+        """SET: names of every registered runner."""
+        return self._k("runners")
+
+    def idle(self, spec: str) -> str:
+        """ZSET: runners waiting in a long poll for this spec; score idle-since (ms)."""
+        return self._k("idle", spec)
+
+    @property
+    def specs(self) -> str:
+        """SET: every spec a registered runner serves or a job asked for."""
+        return self._k("specs")
+
+    # -- pods -------------------------------------------------------------------------------
+    @property
+    def pods(self) -> str:
+        """ZSET: pod id -> presence deadline (ms)."""
+        return self._k("pods")
+
+    def pod_runners(self, pod: str) -> str:
+        """SET: runners whose current connection is on this pod."""
+        return self._k("pod", pod, "runners")
+
+    def pod_inbox(self, pod: str) -> str:
+        """SET: runners of this pod whose Redis state changed since the pod last looked."""
+        return self._k("pod", pod, "inbox")
+
+    def pod_channel(self, pod: str) -> str:
+        """Pub/sub channel: the pod's doorbell; each message is a runner name."""
+        return self._k("pod", pod, "bell")
+
+    @property
+    def done_channel(self) -> str:
+        """Pub/sub channel: a job id each time a job reaches a final state."""
+        return self._k("done")
+
+    # -- rate limit and results ---------------------------------------------------------------
+    def connect_rate(self, runner: str, minute: int) -> str:
+        """STRING counter with TTL: connection attempts of one runner in one clock minute."""
+        return self._k("rate", runner, str(minute))
+
+    @property
+    def results_queue(self) -> str:
+        """Name of the rq queue of terminal results (rq keeps it under ``rq:queue:<name>``)."""
+        return f"{self.namespace}:results"
+
+    def result_job_id(self, job_id: str, attempt: int) -> str:
+        """Deterministic rq job id of one job attempt's result (unique across namespaces)."""
+        return f"{self.namespace}-{job_id}-{attempt}"

@@ -1,0 +1,742 @@
+#!lua name=dispatch_v1
+--[[
+Dispatcher Redis Function library, version 1 (library `dispatch_v1`; every function name starts
+with `dispatch_v1_` so pods of two releases can share one Redis during a rolling upgrade).
+
+Theory of operation. Redis is the single source of truth. Every change that touches more than one
+key is one function here, so it is atomic. A job is matched to a runner inside these functions
+(at submit, at ready, when a job is re-queued); the pod that holds the chosen runner's WebSocket is
+told by adding the runner to the pod's inbox SET and PUBLISHing the runner name on the pod's bell
+channel. The PUBLISH is only a hint: pods re-read their inbox on every (re)subscribe and on a
+reconcile tick, so a lost message costs latency, never a job.
+
+Calling convention: every function takes numkeys = 0 and the namespace as ARGV[1]; key names are
+built below from the namespace exactly as `dispatcher/keys.py` builds them (a test pins the two
+together). Times are the Redis server's clock in milliseconds (the server never trusts a runner's
+clock, and pods share one clock this way). Replies are JSON texts unless said otherwise.
+
+Job status: pending -> claimed -> running -> completed -> processed, or failed / canceled.
+Final statuses: completed, processed, failed, canceled (completed only waits for a result writer).
+]]
+
+-- ---------------------------------------------------------------------------------------------
+-- key names (mirror of dispatcher/keys.py)
+-- ---------------------------------------------------------------------------------------------
+local function key(ns, ...) return table.concat({ns, ...}, ':') end
+local function job_key(ns, id) return key(ns, 'job', id) end
+local function runner_key(ns, name) return key(ns, 'runner', name) end
+local function pending_key(ns, spec) return key(ns, 'pending', spec) end
+local function idle_key(ns, spec) return key(ns, 'idle', spec) end
+local function leases_key(ns) return key(ns, 'leases') end
+local function pods_key(ns) return key(ns, 'pods') end
+local function pod_runners_key(ns, pod) return key(ns, 'pod', pod, 'runners') end
+local function pod_inbox_key(ns, pod) return key(ns, 'pod', pod, 'inbox') end
+local function pod_channel(ns, pod) return key(ns, 'pod', pod, 'bell') end
+local function done_channel(ns) return key(ns, 'done') end
+
+local EVENTS_MAXLEN = '10000'
+local MAX_LOST_STARTS = 5
+local MAX_PAYLOAD_BYTES = 1048576
+local MAX_TIMEOUT_S = 30 * 24 * 3600
+local SPEC_PATTERN = '^[%w%._/@%+%-]+$'
+local FINAL = {completed = true, processed = true, failed = true, canceled = true}
+local IN_FLIGHT = {claimed = true, running = true}
+
+-- ---------------------------------------------------------------------------------------------
+-- small helpers
+-- ---------------------------------------------------------------------------------------------
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function fail(msg) return redis.error_reply('ERR ' .. msg) end
+
+-- The control fields of a job (never the payload or outputs, which may be large).
+local JOB_FIELDS = {'id', 'spec', 'status', 'attempt', 'runner', 'priority', 'timeout',
+                    'max_attempts', 'runs', 'lost_starts', 'qmember', 'start_deadline',
+                    'lease_deadline', 'started', 'failed_by', 'cancel_reason'}
+
+local function load_job(ns, id)
+  local values = redis.call('HMGET', job_key(ns, id), unpack(JOB_FIELDS))
+  local j = {}
+  for i, name in ipairs(JOB_FIELDS) do j[name] = values[i] or nil end
+  return j
+end
+
+-- HSET the pairs of `set` whose value is a string; HDEL those whose value is false.
+local function write_fields(k, set)
+  local hset, hdel = {'HSET', k}, {'HDEL', k}
+  for name, value in pairs(set) do
+    if value == false then
+      table.insert(hdel, name)
+    else
+      table.insert(hset, name)
+      table.insert(hset, tostring(value))
+    end
+  end
+  if #hset > 2 then redis.call(unpack(hset)) end
+  if #hdel > 2 then redis.call(unpack(hdel)) end
+end
+
+-- Timeouts in ms, from the namespace's config hash (written by pods), with the documented defaults.
+local function config(ns)
+  local v = redis.call('HMGET', key(ns, 'config'), 'start_timeout', 'lease_timeout', 'timeout_grace')
+  return {
+    start = math.floor((tonumber(v[1]) or 15) * 1000),
+    lease = math.floor((tonumber(v[2]) or 30) * 1000),
+    grace = math.floor((tonumber(v[3]) or 60) * 1000),
+  }
+end
+
+local function emit(ns, now, event, job, fields)
+  local args = {'XADD', key(ns, 'events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+                'event', event, 'job', job or '', 'ts', tostring(now)}
+  for name, value in pairs(fields or {}) do
+    table.insert(args, name)
+    table.insert(args, tostring(value))
+  end
+  redis.call(unpack(args))
+end
+
+local function count(ns, name) redis.call('HINCRBY', key(ns, 'stats'), name, 1) end
+
+local function pod_alive(ns, pod, now)
+  if not pod or pod == '' then return false end
+  local deadline = tonumber(redis.call('ZSCORE', pods_key(ns), pod))
+  return deadline ~= nil and deadline > now
+end
+
+local function runner_specs(ns, name)
+  local raw = redis.call('HGET', runner_key(ns, name), 'specs')
+  if not raw then return {} end
+  return cjson.decode(raw)
+end
+
+-- Ring the doorbell of the pod holding `runner`: inbox first (durable), then the hint.
+local function notify(ns, pod, runner)
+  if not pod or pod == '' then return end
+  redis.call('SADD', pod_inbox_key(ns, pod), runner)
+  redis.call('PUBLISH', pod_channel(ns, pod), runner)
+end
+
+-- Take a runner out of every idle set (it is no longer waiting in a long poll).
+local function unidle(ns, name)
+  for _, spec in ipairs(runner_specs(ns, name)) do
+    redis.call('ZREM', idle_key(ns, spec), name)
+  end
+  redis.call('HSET', runner_key(ns, name), 'polling', '0')
+end
+
+-- The runner no longer holds a job: idle if connected, offline otherwise.
+local function free_runner(ns, name, job_id, now)
+  local rk = runner_key(ns, name)
+  if redis.call('HGET', rk, 'job') ~= job_id then return nil end
+  local pod = redis.call('HGET', rk, 'pod')
+  local state = (pod and pod ~= '') and 'idle' or 'offline'
+  redis.call('HSET', rk, 'job', '', 'attempt', '', 'state', state, 'idle_since', tostring(now))
+  return pod
+end
+
+-- The lease deadline that matters next for an in-flight job.
+local function next_deadline(job, cfg)
+  if job.status == 'claimed' then return tonumber(job.start_deadline) end
+  local hard = tonumber(job.started) + math.floor(tonumber(job.timeout) * 1000) + cfg.grace
+  return math.min(tonumber(job.lease_deadline), hard)
+end
+
+local function publish_done(ns, id) redis.call('PUBLISH', done_channel(ns), id) end
+
+-- ---------------------------------------------------------------------------------------------
+-- matching
+-- ---------------------------------------------------------------------------------------------
+
+-- Assign job `id` to runner `name` as a new attempt. Returns the new attempt number.
+local function assign(ns, id, name, now, cfg)
+  local jk = job_key(ns, id)
+  local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
+  local deadline = now + cfg.start
+  redis.call('HSET', jk, 'status', 'claimed', 'runner', name, 'claimed', tostring(now),
+             'start_deadline', tostring(deadline), 'started', '', 'lease_deadline', '')
+  redis.call('ZADD', leases_key(ns), deadline, id)
+  unidle(ns, name)
+  redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', tostring(attempt))
+  count(ns, 'dispatched')
+  emit(ns, now, 'claimed', id, {attempt = attempt, runner = name})
+  return attempt
+end
+
+-- The longest-idle runner of `spec` on a live pod, dropping dead entries on the way.
+local function pick_idle_runner(ns, spec, now)
+  local ik = idle_key(ns, spec)
+  while true do
+    local top = redis.call('ZRANGE', ik, 0, 0)
+    if #top == 0 then return nil end
+    local name = top[1]
+    local r = redis.call('HMGET', runner_key(ns, name), 'pod', 'polling', 'job')
+    if pod_alive(ns, r[1], now) and r[2] == '1' and (r[3] == '' or not r[3]) then
+      return name, r[1]
+    end
+    if r[1] then unidle(ns, name) else redis.call('ZREM', ik, name) end
+  end
+end
+
+-- A job is (again) ready to run: hand it to an idle runner at once, or queue it.
+local function match_or_queue(ns, id, now, cfg)
+  local jk = job_key(ns, id)
+  local j = redis.call('HMGET', jk, 'spec', 'priority', 'qmember')
+  local name, pod = pick_idle_runner(ns, j[1], now)
+  if name then
+    assign(ns, id, name, now, cfg)
+    notify(ns, pod, name)
+    return name
+  end
+  redis.call('HSET', jk, 'status', 'pending', 'runner', '', 'start_deadline', '',
+             'lease_deadline', '', 'started', '', 'claimed', '')
+  redis.call('ZADD', pending_key(ns, j[1]), -tonumber(j[2]), j[3])
+  return nil
+end
+
+-- The best pending job over several specs: highest priority, then oldest (lowest member).
+local function best_pending(ns, specs)
+  local best_score, best_member, best_spec
+  for _, spec in ipairs(specs) do
+    local top = redis.call('ZRANGE', pending_key(ns, spec), 0, 0, 'WITHSCORES')
+    if #top > 0 then
+      local score = tonumber(top[2])
+      if not best_score or score < best_score or (score == best_score and top[1] < best_member) then
+        best_score, best_member, best_spec = score, top[1], spec
+      end
+    end
+  end
+  if not best_spec then return nil end
+  redis.call('ZREM', pending_key(ns, best_spec), best_member)
+  return string.sub(best_member, string.find(best_member, ':', 1, true) + 1)
+end
+
+-- What a pod needs to send a `job` message (payload stays raw JSON text).
+local function job_offer(ns, id)
+  local j = redis.call('HMGET', job_key(ns, id), 'attempt', 'spec', 'payload', 'timeout', 'created')
+  return {job = id, attempt = tonumber(j[1]), spec = j[2], payload = j[3],
+          timeout = tonumber(j[4]), created = tonumber(j[5])}
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- ending attempts (reaper, rule 1, cancel)
+-- ---------------------------------------------------------------------------------------------
+
+local function finalize(ns, id, status, error, now, extra)
+  local jk = job_key(ns, id)
+  local fields = extra or {}
+  fields.status, fields.error, fields.finished = status, error or '', tostring(now)
+  write_fields(jk, fields)
+  redis.call('ZREM', leases_key(ns), id)
+  count(ns, status)
+  emit(ns, now, status, id, {attempt = redis.call('HGET', jk, 'attempt'), error = error or ''})
+  if status ~= 'completed' then publish_done(ns, id) end
+end
+
+-- The attempt of job `j` (a HGETALL table) is lost: tell its runner's pod, free the runner.
+local function drop_attempt(ns, j, now)
+  if j.runner and j.runner ~= '' then
+    local pod = free_runner(ns, j.runner, j.id, now)
+    notify(ns, pod, j.runner)
+  end
+end
+
+-- Start deadline passed: back to the queue (not counted as an attempt) or fail after 5 in a row.
+local function expire_start(ns, j, now, cfg)
+  drop_attempt(ns, j, now)
+  local lost = redis.call('HINCRBY', job_key(ns, j.id), 'lost_starts', 1)
+  emit(ns, now, 'start_expired', j.id, {attempt = j.attempt, runner = j.runner})
+  if lost >= MAX_LOST_STARTS then
+    finalize(ns, j.id, 'failed', 'not started', now)
+    return 'failed'
+  end
+  match_or_queue(ns, j.id, now, cfg)
+  return 'requeued'
+end
+
+-- Lease passed: re-queue while attempts remain, else fail with `lease expired`.
+local function expire_lease(ns, j, now, cfg)
+  drop_attempt(ns, j, now)
+  emit(ns, now, 'lease_expired', j.id, {attempt = j.attempt, runner = j.runner})
+  if tonumber(j.runs) < tonumber(j.max_attempts) then
+    match_or_queue(ns, j.id, now, cfg)
+    return 'requeued'
+  end
+  finalize(ns, j.id, 'failed', 'lease expired', now, {failed_by = 'lease'})
+  return 'failed'
+end
+
+local function cancel_job(ns, j, reason, now)
+  if j.status == 'pending' then
+    redis.call('ZREM', pending_key(ns, j.spec), j.qmember)
+  elseif IN_FLIGHT[j.status] then
+    drop_attempt(ns, j, now)
+  end
+  finalize(ns, j.id, 'canceled', reason, now, {cancel_reason = reason})
+end
+
+-- One due lease entry. Returns the outcome or nil when not due yet (then re-scored).
+local function reap_job(ns, id, now, cfg)
+  local j = load_job(ns, id)
+  if not IN_FLIGHT[j.status] then
+    redis.call('ZREM', leases_key(ns), id)
+    return nil
+  end
+  if j.status == 'claimed' then
+    if now >= tonumber(j.start_deadline) then return expire_start(ns, j, now, cfg) end
+  else
+    local hard = tonumber(j.started) + math.floor(tonumber(j.timeout) * 1000) + cfg.grace
+    if now >= hard then
+      cancel_job(ns, j, 'timeout', now)
+      return 'timeout'
+    end
+    if now >= tonumber(j.lease_deadline) then return expire_lease(ns, j, now, cfg) end
+  end
+  redis.call('ZADD', leases_key(ns), next_deadline(j, cfg), id)
+  return nil
+end
+
+-- Rule 1: a runner whose record still holds a job says `ready`: that attempt ends now.
+local function end_orphaned_attempt(ns, name, now, cfg)
+  local r = redis.call('HMGET', runner_key(ns, name), 'job', 'attempt')
+  if not r[1] or r[1] == '' then return end
+  local j = load_job(ns, r[1])
+  redis.call('HSET', runner_key(ns, name), 'job', '', 'attempt', '')
+  if j.runner == name and j.attempt == r[2] and IN_FLIGHT[j.status] then
+    j.runner = ''  -- already freed above; nothing to notify
+    if j.status == 'claimed' then expire_start(ns, j, now, cfg) else expire_lease(ns, j, now, cfg) end
+  end
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- producer functions
+-- ---------------------------------------------------------------------------------------------
+
+-- A version-4-shaped UUID for producers that pass none (unique: it hashes the namespace's
+-- sequence number, which never repeats).
+local function new_job_id(ns, seq, now)
+  local h = redis.sha1hex(ns .. ':' .. seq .. ':' .. now)
+  local variant = string.sub('89ab', tonumber(string.sub(h, 17, 17), 16) % 4 + 1)
+  variant = string.sub(variant, 1, 1)
+  return string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12) .. '-4' .. string.sub(h, 14, 16) .. '-'
+         .. variant .. string.sub(h, 18, 20) .. '-' .. string.sub(h, 21, 32)
+end
+
+--[[ dispatch_v1_submit
+ARGV: ns, job_id ('' = generate a UUID), spec, payload (JSON text), priority (integer),
+      timeout (seconds > 0), max_attempts (integer >= 1)
+Keys: job, seq, specs, pending:<spec> or (idle:<spec>, runner, leases, pod inbox/bell), stats, events
+Reply: the job id (plain string). Errors on invalid input, changing nothing.
+Invariant: the job is either in its spec's pending set or claimed by exactly one idle runner on a
+live pod, decided in this one call.
+]]
+local function submit(keys, args)
+  local ns, id, spec, payload = args[1], args[2], args[3], args[4]
+  local priority, timeout, max_attempts = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
+  if not spec or #spec == 0 or #spec > 128 or not string.match(spec, SPEC_PATTERN) then
+    return fail('invalid spec: 1-128 characters of letters, digits and . _ / @ + -')
+  end
+  if not payload or #payload > MAX_PAYLOAD_BYTES or not pcall(cjson.decode, payload) then
+    return fail('invalid payload: must be JSON of at most ' .. MAX_PAYLOAD_BYTES .. ' bytes')
+  end
+  if not priority or priority ~= math.floor(priority) or math.abs(priority) > 9007199254740991 then
+    return fail('invalid priority: must be an integer')
+  end
+  if not timeout or timeout <= 0 or timeout > MAX_TIMEOUT_S then
+    return fail('invalid timeout: must be a number of seconds > 0 and <= ' .. MAX_TIMEOUT_S)
+  end
+  if not max_attempts or max_attempts < 1 or max_attempts > 100 or max_attempts ~= math.floor(max_attempts) then
+    return fail('invalid max_attempts: must be an integer from 1 to 100')
+  end
+  local now = now_ms()
+  local seq = redis.call('INCR', key(ns, 'seq'))
+  if not id or id == '' then id = new_job_id(ns, seq, now) end
+  if not string.match(id, '^%x+%-%x+%-%x+%-%x+%-%x+$') or #id ~= 36 then return fail('invalid job id: must be a UUID') end
+  local jk = job_key(ns, id)
+  if redis.call('EXISTS', jk) == 1 then return fail('job ' .. id .. ' already exists') end
+  redis.call('HSET', jk, 'id', id, 'spec', spec, 'payload', payload, 'priority', string.format('%d', priority),
+             'timeout', tostring(timeout), 'max_attempts', tostring(max_attempts), 'attempt', '0',
+             'status', 'pending', 'runner', '', 'created', tostring(now),
+             'qmember', string.format('%016d', seq) .. ':' .. id, 'lost_starts', '0', 'runs', '0')
+  redis.call('SADD', key(ns, 'specs'), spec)
+  count(ns, 'submitted')
+  emit(ns, now, 'submitted', id, {spec = spec, priority = string.format('%d', priority)})
+  match_or_queue(ns, id, now, config(ns))
+  return id
+end
+
+--[[ dispatch_v1_cancel
+ARGV: ns, job_id, reason ('canceled' by default)
+Reply: 1 when this call canceled the job, 0 when it was already final. Error when unknown.
+Invariant: a pending job leaves its queue; a claimed/running one frees its runner and its pod is
+told to push `cancel`; the status is `canceled` at once.
+]]
+local function cancel(keys, args)
+  local ns, id, reason = args[1], args[2], args[3]
+  if not reason or reason == '' then reason = 'canceled' end
+  local j = load_job(ns, id)
+  if not j.status then return fail('no such job: ' .. id) end
+  if FINAL[j.status] then return 0 end
+  cancel_job(ns, j, reason, now_ms())
+  return 1
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- runner registry
+-- ---------------------------------------------------------------------------------------------
+
+--[[ dispatch_v1_runner_add
+ARGV: ns, name, token_sha256_hex, specs (JSON list of spec strings)
+Reply: 1. Error when the name exists or a spec is invalid.
+]]
+local function runner_add(keys, args)
+  local ns, name, token_hash, specs_json = args[1], args[2], args[3], args[4]
+  if not string.match(name, SPEC_PATTERN) or #name > 128 then return fail('invalid runner name') end
+  local ok, specs = pcall(cjson.decode, specs_json)
+  if not ok or type(specs) ~= 'table' or #specs == 0 then return fail('at least one spec is needed') end
+  for _, spec in ipairs(specs) do
+    if type(spec) ~= 'string' or #spec > 128 or not string.match(spec, SPEC_PATTERN) then
+      return fail('invalid spec: ' .. tostring(spec))
+    end
+  end
+  local rk = runner_key(ns, name)
+  if redis.call('EXISTS', rk) == 1 then return fail('runner ' .. name .. ' already exists') end
+  local now = now_ms()
+  redis.call('HSET', rk, 'name', name, 'token_hash', token_hash, 'specs', specs_json,
+             'state', 'offline', 'pod', '', 'conn', '0', 'job', '', 'attempt', '', 'polling', '0',
+             'created', tostring(now), 'last_seen', '', 'idle_since', tostring(now))
+  redis.call('SADD', key(ns, 'runners'), name)
+  for _, spec in ipairs(specs) do redis.call('SADD', key(ns, 'specs'), spec) end
+  emit(ns, now, 'runner_added', '', {runner = name})
+  return 1
+end
+
+--[[ dispatch_v1_runner_revoke
+ARGV: ns, name
+Reply: 1, or error when unknown. Invariant: the runner leaves every idle set; its token stops
+working; the pod holding it is told (it closes the socket with 4001). A job in flight keeps its
+lease and is reaped like any job whose runner vanished.
+]]
+local function runner_revoke(keys, args)
+  local ns, name = args[1], args[2]
+  local rk = runner_key(ns, name)
+  if redis.call('EXISTS', rk) == 0 then return fail('no such runner: ' .. name) end
+  unidle(ns, name)
+  local pod = redis.call('HGET', rk, 'pod')
+  redis.call('DEL', rk)
+  redis.call('SREM', key(ns, 'runners'), name)
+  if pod and pod ~= '' then
+    redis.call('SREM', pod_runners_key(ns, pod), name)
+    notify(ns, pod, name)
+  end
+  emit(ns, now_ms(), 'runner_revoked', '', {runner = name})
+  return 1
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- connection lifecycle (called by pods)
+-- ---------------------------------------------------------------------------------------------
+
+--[[ dispatch_v1_attach
+ARGV: ns, runner, pod
+Reply: {"conn": generation, "job": id or "", "attempt": n or null}; error when unknown.
+Invariant: the runner's record names exactly one live connection (pod + generation); a previous
+connection on another pod is told through that pod's inbox (it closes with 4002).
+]]
+local function attach(keys, args)
+  local ns, name, pod = args[1], args[2], args[3]
+  local rk = runner_key(ns, name)
+  if redis.call('EXISTS', rk) == 0 then return fail('no such runner: ' .. name) end
+  local now = now_ms()
+  unidle(ns, name)
+  local conn = redis.call('HINCRBY', rk, 'conn', 1)
+  local r = redis.call('HMGET', rk, 'pod', 'job', 'attempt')
+  if r[1] and r[1] ~= '' and r[1] ~= pod then
+    redis.call('SREM', pod_runners_key(ns, r[1]), name)
+    notify(ns, r[1], name)
+  end
+  local state = (r[2] and r[2] ~= '') and 'busy' or 'idle'
+  redis.call('HSET', rk, 'pod', pod, 'state', state, 'last_seen', tostring(now))
+  redis.call('SADD', pod_runners_key(ns, pod), name)
+  return cjson.encode({conn = conn, job = r[2] or '', attempt = tonumber(r[3])})
+end
+
+--[[ dispatch_v1_detach
+ARGV: ns, runner, pod, conn
+Reply: 1 when this connection was the runner's current one, else 0.
+Invariant: a job in flight keeps its lease (the runner may re-attach elsewhere).
+]]
+local function detach(keys, args)
+  local ns, name, pod, conn = args[1], args[2], args[3], args[4]
+  local rk = runner_key(ns, name)
+  local r = redis.call('HMGET', rk, 'conn', 'pod', 'job')
+  if r[1] ~= conn or r[2] ~= pod then return 0 end
+  unidle(ns, name)
+  local state = (r[3] and r[3] ~= '') and 'busy' or 'offline'
+  redis.call('HSET', rk, 'pod', '', 'state', state, 'last_seen', tostring(now_ms()))
+  redis.call('SREM', pod_runners_key(ns, pod), name)
+  return 1
+end
+
+local function current_conn(ns, name, conn)
+  return redis.call('HGET', runner_key(ns, name), 'conn') == conn
+end
+
+--[[ dispatch_v1_ready
+ARGV: ns, runner, conn, info (JSON object or '')
+Reply: {"result": "job", ...offer} | {"result": "idle"} | {"result": "stale"} (not the current
+connection). Invariant: the runner either gets the best pending job over its specs (priority,
+then age) or enters every idle set of its specs, never both.
+]]
+local function ready(keys, args)
+  local ns, name, conn, info = args[1], args[2], args[3], args[4]
+  if not current_conn(ns, name, conn) then return cjson.encode({result = 'stale'}) end
+  local now, cfg = now_ms(), config(ns)
+  local rk = runner_key(ns, name)
+  end_orphaned_attempt(ns, name, now, cfg)
+  if info and info ~= '' then redis.call('HSET', rk, 'info', info) end
+  redis.call('HSET', rk, 'state', 'idle', 'last_seen', tostring(now))
+  local specs = runner_specs(ns, name)
+  local id = best_pending(ns, specs)
+  if id then
+    assign(ns, id, name, now, cfg)
+    local offer = job_offer(ns, id)
+    offer.result = 'job'
+    return cjson.encode(offer)
+  end
+  local since = redis.call('HGET', rk, 'idle_since') or tostring(now)
+  for _, spec in ipairs(specs) do redis.call('ZADD', idle_key(ns, spec), since, name) end
+  redis.call('HSET', rk, 'polling', '1')
+  return cjson.encode({result = 'idle'})
+end
+
+--[[ dispatch_v1_poll_end
+ARGV: ns, runner, conn
+Reply: {"result": "job", ...offer} when a job was assigned a moment earlier, else
+{"result": "none"} (the runner has left every idle set) or {"result": "stale"}.
+]]
+local function poll_end(keys, args)
+  local ns, name, conn = args[1], args[2], args[3]
+  if not current_conn(ns, name, conn) then return cjson.encode({result = 'stale'}) end
+  local r = redis.call('HMGET', runner_key(ns, name), 'job', 'attempt')
+  if r[1] and r[1] ~= '' then
+    local offer = job_offer(ns, r[1])
+    if redis.call('HGET', job_key(ns, r[1]), 'status') == 'claimed' and tostring(offer.attempt) == r[2] then
+      offer.result = 'job'
+      return cjson.encode(offer)
+    end
+  end
+  unidle(ns, name)
+  return cjson.encode({result = 'none'})
+end
+
+--[[ dispatch_v1_observe
+ARGV: ns, pod, runner, local_job ('' when the connection has none)
+Reply: {"exists", "conn", "pod", "offer" (a claimed job waiting for this runner, or null),
+        "local": {"status", "attempt", "runner", "cancel_reason"} of local_job or null}
+Removes the runner from the pod's inbox first, so any later change rings again.
+]]
+local function observe(keys, args)
+  local ns, pod, name, local_job = args[1], args[2], args[3], args[4]
+  redis.call('SREM', pod_inbox_key(ns, pod), name)
+  local r = redis.call('HMGET', runner_key(ns, name), 'conn', 'pod', 'job', 'attempt')
+  local out = {exists = r[1] ~= false, conn = r[1] or '', pod = r[2] or ''}
+  if r[3] and r[3] ~= '' then
+    local j = redis.call('HMGET', job_key(ns, r[3]), 'status', 'attempt')
+    if j[1] == 'claimed' and j[2] == r[4] then out.offer = job_offer(ns, r[3]) end
+  end
+  if local_job ~= '' then
+    local j = redis.call('HMGET', job_key(ns, local_job), 'status', 'attempt', 'runner', 'cancel_reason')
+    out['local'] = {status = j[1] or '', attempt = tonumber(j[2]), runner = j[3] or '',
+                    cancel_reason = j[4] or ''}
+  end
+  return cjson.encode(out)
+end
+
+-- Fence a runner's job-scoped message. Returns the job table, or nil and the reply to send.
+local function fence(ns, name, id, attempt)
+  local j = load_job(ns, id)
+  if not j.status then return nil, 'unknown' end
+  if j.runner ~= name or j.attempt ~= attempt then return nil, 'stale' end
+  return j
+end
+
+-- `running`/`heartbeat` on a job that is no longer ours: why, as a cancel reason.
+local function lost_reason(j)
+  if j and j.status == 'canceled' and j.cancel_reason ~= '' then return j.cancel_reason end
+  return 'lease_lost'
+end
+
+--[[ dispatch_v1_start
+ARGV: ns, runner, job, attempt, conn
+Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
+Invariant: only the runner holding the job's current attempt can start it or re-attach to it;
+a running job's lease and the runner record (busy, this job) are renewed.
+]]
+local function start(keys, args)
+  local ns, name, id, attempt = args[1], args[2], args[3], args[4]
+  local j = fence(ns, name, id, attempt)
+  if not j or not IN_FLIGHT[j.status] then
+    return cjson.encode({result = 'cancel', reason = lost_reason(j)})
+  end
+  local now, cfg = now_ms(), config(ns)
+  local jk = job_key(ns, id)
+  if j.status == 'claimed' then
+    redis.call('HSET', jk, 'status', 'running', 'started', tostring(now), 'lost_starts', '0')
+    redis.call('HINCRBY', jk, 'runs', 1)
+    emit(ns, now, 'running', id, {attempt = attempt, runner = name})
+  end
+  redis.call('HSET', jk, 'lease_deadline', tostring(now + cfg.lease))
+  if reap_job(ns, id, now, cfg) == 'timeout' then
+    return cjson.encode({result = 'cancel', reason = 'timeout'})
+  end
+  redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', attempt,
+             'last_seen', tostring(now))
+  return cjson.encode({result = 'ok'})
+end
+
+--[[ dispatch_v1_heartbeat
+ARGV: ns, runner, job, attempt
+Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
+Invariant: extends the lease of a running job owned by this runner and attempt; a claimed job is
+left as it is (it still has to send `running`); past timeout + grace the job is canceled.
+]]
+local function heartbeat(keys, args)
+  local ns, name, id, attempt = args[1], args[2], args[3], args[4]
+  local j = fence(ns, name, id, attempt)
+  if not j or not IN_FLIGHT[j.status] then
+    return cjson.encode({result = 'cancel', reason = lost_reason(j)})
+  end
+  if j.status == 'running' then
+    local now, cfg = now_ms(), config(ns)
+    redis.call('HSET', job_key(ns, id), 'lease_deadline', tostring(now + cfg.lease))
+    if reap_job(ns, id, now, cfg) == 'timeout' then
+      return cjson.encode({result = 'cancel', reason = 'timeout'})
+    end
+  end
+  return cjson.encode({result = 'ok'})
+end
+
+--[[ dispatch_v1_finish
+ARGV: ns, runner, job, attempt, status (completed|failed|canceled), then four optional values
+      exit_code, results (JSON text), stdout, stderr, each '' when absent or '=' + the value,
+      then error (text).
+Reply: {"result": "recorded"|"duplicate"|"stale"|"unknown", "status": current status}.
+Invariant: the first terminal state of an attempt wins (fenced by job + attempt + runner), except
+that `completed` replaces a `failed` the server recorded only because the lease expired; the
+runner is freed; the lease is dropped.
+]]
+local function finish(keys, args)
+  local ns, name, id, attempt, status = args[1], args[2], args[3], args[4], args[5]
+  local j, why = fence(ns, name, id, attempt)
+  if not j then return cjson.encode({result = why, status = ''}) end
+  local override = status == 'completed' and j.status == 'failed' and j.failed_by == 'lease'
+  if not IN_FLIGHT[j.status] and not override then
+    return cjson.encode({result = 'duplicate', status = j.status})
+  end
+  local now = now_ms()
+  local extra = {failed_by = '', cancel_reason = status == 'canceled' and 'runner' or ''}
+  for i, field in ipairs({'exit_code', 'results', 'stdout', 'stderr'}) do
+    local value = args[5 + i]
+    extra[field] = value ~= '' and string.sub(value, 2) or false
+  end
+  finalize(ns, id, status, status == 'completed' and '' or args[10], now, extra)
+  free_runner(ns, name, id, now)
+  return cjson.encode({result = 'recorded', status = status})
+end
+
+--[[ dispatch_v1_processed
+ARGV: ns, job, attempt
+Reply: the job's status after the call ('' when unknown).
+Invariant: compare-and-set completed -> processed for that attempt; safe to run twice.
+]]
+local function processed(keys, args)
+  local ns, id, attempt = args[1], args[2], args[3]
+  local jk = job_key(ns, id)
+  local j = redis.call('HMGET', jk, 'status', 'attempt')
+  if not j[1] then return '' end
+  if j[1] == 'completed' and j[2] == attempt then
+    local now = now_ms()
+    redis.call('HSET', jk, 'status', 'processed', 'processed', tostring(now))
+    count(ns, 'processed')
+    emit(ns, now, 'processed', id, {attempt = attempt})
+    publish_done(ns, id)
+    return 'processed'
+  end
+  return j[1]
+end
+
+--[[ dispatch_v1_tick
+ARGV: ns, pod, pod_ttl_ms, max_reap
+Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...]}
+Keys: pods, pod:<pod>:runners/inbox, leases and the jobs/runners/pods they name.
+Invariant: renews this pod's presence; a pod past its deadline loses its runners (idle ones go
+offline; jobs in flight keep their leases); due leases are reaped by compare-and-set, so any number
+of pods may tick at once without a leader.
+]]
+local function reap_dead_pods(ns, now)
+  for _, dead in ipairs(redis.call('ZRANGEBYSCORE', pods_key(ns), '-inf', now, 'LIMIT', 0, 10)) do
+    for _, name in ipairs(redis.call('SMEMBERS', pod_runners_key(ns, dead))) do
+      local r = redis.call('HMGET', runner_key(ns, name), 'pod', 'job')
+      if r[1] == dead then
+        unidle(ns, name)
+        local state = (r[2] and r[2] ~= '') and 'busy' or 'offline'
+        redis.call('HSET', runner_key(ns, name), 'pod', '', 'state', state)
+      end
+    end
+    redis.call('DEL', pod_runners_key(ns, dead), pod_inbox_key(ns, dead))
+    redis.call('ZREM', pods_key(ns), dead)
+    emit(ns, now, 'pod_lost', '', {pod = dead})
+  end
+end
+
+local function tick(keys, args)
+  local ns, pod, ttl, max_reap = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local now = now_ms()
+  redis.call('ZADD', pods_key(ns), now + ttl, pod)
+  reap_dead_pods(ns, now)
+  local reaped = {}
+  local due = redis.call('ZRANGEBYSCORE', leases_key(ns), '-inf', now, 'LIMIT', 0, max_reap)
+  if #due > 0 then
+    local cfg = config(ns)
+    for _, id in ipairs(due) do
+      local outcome = reap_job(ns, id, now, cfg)
+      if outcome then
+        table.insert(reaped, {id, outcome, tonumber(redis.call('HGET', job_key(ns, id), 'attempt'))})
+      end
+    end
+  end
+  -- (an empty Lua table encodes as {}; callers treat an empty object as an empty list)
+  return cjson.encode({inbox = redis.call('SMEMBERS', pod_inbox_key(ns, pod)), reaped = reaped})
+end
+
+--[[ dispatch_v1_pod_stop
+ARGV: ns, pod
+Reply: 1. Invariant: a pod that shuts down leaves the pod set at once (its runners were detached
+one by one before this; jobs in flight keep their leases).
+]]
+local function pod_stop(keys, args)
+  local ns, pod = args[1], args[2]
+  redis.call('ZREM', pods_key(ns), pod)
+  redis.call('DEL', pod_runners_key(ns, pod), pod_inbox_key(ns, pod))
+  return 1
+end
+
+redis.register_function('dispatch_v1_submit', submit)
+redis.register_function('dispatch_v1_cancel', cancel)
+redis.register_function('dispatch_v1_runner_add', runner_add)
+redis.register_function('dispatch_v1_runner_revoke', runner_revoke)
+redis.register_function('dispatch_v1_attach', attach)
+redis.register_function('dispatch_v1_detach', detach)
+redis.register_function('dispatch_v1_ready', ready)
+redis.register_function('dispatch_v1_poll_end', poll_end)
+redis.register_function('dispatch_v1_observe', observe)
+redis.register_function('dispatch_v1_start', start)
+redis.register_function('dispatch_v1_heartbeat', heartbeat)
+redis.register_function('dispatch_v1_finish', finish)
+redis.register_function('dispatch_v1_processed', processed)
+redis.register_function('dispatch_v1_tick', tick)
+redis.register_function('dispatch_v1_pod_stop', pod_stop)

@@ -1,0 +1,137 @@
+"""The wire messages of the runner channel (PROTOCOL.md, version 1) as one msgspec tagged union.
+
+Theory of operation: every frame is a JSON object whose ``event`` field names its type. Each type
+is a small frozen Struct; the base class sets the tag field once. Decoders and the encoder are built
+once at import. Unknown fields are ignored, and every field added later must have a default so old
+and new peers keep talking. A frame that fails to decode maps to close code 1007 (the channel code
+decides that; this module only raises ``msgspec.ValidationError``/``DecodeError``).
+
+This module imports nothing but msgspec and the standard library, so the runner agent can use it
+without the server's dependencies.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+JobId = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
+Attempt = Annotated[int, msgspec.Meta(ge=1)]
+PollTimeout = Annotated[int, msgspec.Meta(ge=1, le=900)]
+DEFAULT_POLL_TIMEOUT = 30
+
+AckOf = Literal["running", "heartbeat", "completed", "failed", "canceled"]
+CancelReason = Literal["canceled", "timeout", "lease_lost"]
+
+
+class Message(msgspec.Struct, frozen=True, tag_field="event", omit_defaults=True):
+    """Base of every channel message."""
+
+
+class RunnerInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a runner tells about itself in ``ready``."""
+
+    version: str
+    os: str
+    arch: str
+    hostname: str | None = None
+
+
+# -- runner -> server -------------------------------------------------------------------------
+
+
+class Ready(Message, tag="ready"):
+    poll_timeout: PollTimeout = DEFAULT_POLL_TIMEOUT
+    runner: RunnerInfo | None = None
+
+
+class Running(Message, tag="running"):
+    job: JobId
+    attempt: Attempt
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    job: JobId
+    attempt: Attempt
+
+
+class Completed(Message, tag="completed"):
+    job: JobId
+    attempt: Attempt
+    exit_code: int
+    results: Any = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+class Failed(Message, tag="failed"):
+    job: JobId
+    attempt: Attempt
+    error: str
+    exit_code: int | None = None
+    results: Any = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+class Canceled(Message, tag="canceled"):
+    job: JobId
+    attempt: Attempt
+
+
+Terminal = Completed | Failed | Canceled
+RunnerMessage = Ready | Running | Heartbeat | Completed | Failed | Canceled
+
+
+# -- server -> runner -------------------------------------------------------------------------
+
+
+class Job(Message, tag="job"):
+    job: str
+    attempt: int
+    spec: str
+    payload: Any
+    timeout: float
+    heartbeat_interval: float
+    created: str
+
+
+class NoJob(Message, tag="no_job"):
+    pass
+
+
+class Ack(Message, tag="ack"):
+    job: str
+    of: AckOf
+
+
+class Cancel(Message, tag="cancel"):
+    job: str
+    attempt: int
+    reason: CancelReason
+
+
+ServerMessage = Job | NoJob | Ack | Cancel
+
+encoder = msgspec.json.Encoder()
+runner_decoder: msgspec.json.Decoder[RunnerMessage] = msgspec.json.Decoder(RunnerMessage)
+server_decoder: msgspec.json.Decoder[ServerMessage] = msgspec.json.Decoder(ServerMessage)
+
+
+def encode(message: Message) -> str:
+    """One message as the text of a WebSocket frame."""
+    return encoder.encode(message).decode()
+
+
+def decode_runner_message(text: str | bytes) -> RunnerMessage:
+    """Parse a frame a runner sent; raises ``msgspec.DecodeError`` (a ValidationError too)."""
+    return runner_decoder.decode(text)
+
+
+def decode_server_message(text: str | bytes) -> ServerMessage:
+    """Parse a frame the server sent; raises ``msgspec.DecodeError`` (a ValidationError too)."""
+    return server_decoder.decode(text)

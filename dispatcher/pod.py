@@ -1,0 +1,256 @@
+"""A dispatcher pod: its runner sockets, its doorbell, its reconcile and reaper tick.
+
+Theory of operation: the pod keeps only what it can rebuild (its sockets and what each is doing).
+Whenever Redis may have changed something about one of its runners (a job assigned, a job
+canceled or lost, a newer connection elsewhere, a revoked token), a Redis function has added the
+runner to this pod's inbox and published its name on the pod's bell channel. ``observe`` reads the
+runner's state back from Redis (removing it from the inbox first) and makes the socket agree: send
+the `job`, push `cancel`, or close. The bell is only the fast path; the tick re-reads the inbox
+every ``reconcile_interval`` and after every (re)subscribe, so a lost message costs latency only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from dispatcher import functions, messages
+from dispatcher.doorbell import Doorbell
+from dispatcher.keys import Keys
+from dispatcher.records import rfc3339
+from dispatcher.results import enqueue_result, results_queue
+from dispatcher.session import Event, State
+from dispatcher.settings import Settings
+from dispatcher.sockets import RunnerSocket
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_REVOKED = 4001
+CLOSE_SUPERSEDED = 4002
+IN_FLIGHT = frozenset({"claimed", "running"})
+
+
+def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
+    """The `job` frame for an offer returned by a Redis function (payload kept as raw JSON)."""
+    return messages.Job(
+        job=offer["job"],
+        attempt=int(offer["attempt"]),
+        spec=offer["spec"],
+        payload=messages.msgspec.Raw(offer["payload"].encode()),
+        timeout=float(offer["timeout"]),
+        heartbeat_interval=settings.heartbeat_interval,
+        created=rfc3339(offer["created"]) or "",
+    )
+
+
+class Pod:
+    """Everything one dispatcher process does besides serving HTTP."""
+
+    def __init__(self, settings: Settings, pod_id: str | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.id = pod_id or uuid.uuid4().hex[:16]
+        self.redis = redis.asyncio.Redis.from_url(settings.redis_url, health_check_interval=30)
+        self._sync_redis = redis.Redis.from_url(settings.redis_url)
+        self._queue = results_queue(self._sync_redis, self.keys)
+        self.sockets: dict[str, RunnerSocket] = {}
+        self.doorbell = Doorbell(settings, self.keys.pod_channel(self.id), self._on_bell,
+                                 self._on_subscribed)
+        self._observing: dict[str, bool] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self.stopping = False
+        self._stopped = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the library, publish the timeouts the scripts use, join the pod set."""
+        await functions.load_library(self.redis)
+        cfg = {"start_timeout": self.settings.start_timeout,
+               "lease_timeout": self.settings.lease_timeout,
+               "timeout_grace": self.settings.timeout_grace}
+        await self.redis.hset(self.keys.config, mapping=cfg)  # type: ignore[misc]
+        await self.redis.set(self.keys.schema, 1, nx=True)
+        await self.tick()
+        if self.settings.wake == "pubsub":
+            self._tasks.append(asyncio.create_task(self.doorbell.run(), name="doorbell"))
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
+
+    async def close_sockets(self) -> None:
+        """Refuse new channels and close every open one with 1001; jobs keep their leases."""
+        self.stopping = True
+        sockets = list(self.sockets.values())
+        await asyncio.gather(*(s.close(CLOSE_GOING_AWAY, "dispatcher pod shutting down")
+                               for s in sockets), return_exceptions=True)
+        for sock in sockets:
+            await self.detach(sock)
+
+    async def stop(self) -> None:
+        """Close what is still open and leave the pod set (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.close_sockets()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await functions.run(self.redis, functions.pod_stop(self.keys, self.id))
+        except redis.RedisError as exc:
+            log.warning("could not leave the pod set: %s", exc)
+        await self.redis.aclose()
+        self._sync_redis.close()
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def ready(self) -> bool:
+        """Redis answers and (in pub/sub mode) the doorbell subscription is live."""
+        try:
+            await self.redis.ping()  # type: ignore[misc]
+        except redis.RedisError:
+            return False
+        return self.settings.wake == "poll" or self.doorbell.live
+
+    # -- sockets ------------------------------------------------------------------------------
+
+    async def attach(self, runner: str, ws: Any) -> RunnerSocket:
+        """Record a new connection of ``runner`` here; a previous one is superseded (4002)."""
+        reply = await functions.run(self.redis, functions.attach(self.keys, runner, self.id))
+        sock = RunnerSocket(runner, int(reply["conn"]), ws)
+        old = self.sockets.get(runner)
+        self.sockets[runner] = sock
+        if old is not None:
+            await old.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
+        return sock
+
+    async def detach(self, sock: RunnerSocket) -> None:
+        sock.cancel_poll_timer()
+        if self.sockets.get(sock.runner) is sock:
+            del self.sockets[sock.runner]
+        try:
+            await functions.run(self.redis, functions.detach(self.keys, sock.runner, self.id,
+                                                             sock.conn))
+        except redis.RedisError as exc:
+            log.warning("detach of %s failed (its pod entry expires): %s", sock.runner, exc)
+
+    async def deliver(self, sock: RunnerSocket, offer: dict[str, Any]) -> None:
+        """Send an assigned job; the connection now has it in flight."""
+        sock.cancel_poll_timer()
+        sock.session.start_job(offer["job"], int(offer["attempt"]), Event.SEND_JOB)
+        await sock.send(job_message(offer, self.settings))
+
+    # -- long poll ----------------------------------------------------------------------------
+
+    def arm_poll(self, sock: RunnerSocket, seconds: float) -> None:
+        poll = sock.session.poll
+        loop = asyncio.get_running_loop()
+        sock.poll_timer = loop.call_later(seconds, lambda: self.spawn(self.end_poll(sock, poll)))
+
+    async def end_poll(self, sock: RunnerSocket, poll: int) -> None:
+        """The long poll expired: send a job assigned a moment earlier, or `no_job`."""
+        if sock.closed or sock.session.state is not State.POLLING or sock.session.poll != poll:
+            return
+        reply = await functions.run(self.redis,
+                                    functions.poll_end(self.keys, sock.runner, sock.conn))
+        if sock.session.state is not State.POLLING or sock.session.poll != poll:
+            return  # a doorbell delivered the job meanwhile
+        if reply["result"] == "job":
+            await self.deliver(sock, reply)
+        elif reply["result"] == "none":
+            sock.session.fire(Event.NO_JOB)
+            await sock.send(messages.NoJob())
+        else:
+            await self.observe(sock.runner)
+
+    # -- doorbell and reconcile ----------------------------------------------------------------
+
+    def _on_bell(self, runner: str) -> None:
+        self.spawn(self.observe(runner))
+
+    async def _on_subscribed(self) -> None:
+        await self.reconcile()
+
+    async def observe(self, runner: str) -> None:
+        """Make ``runner``'s socket agree with Redis. Concurrent calls for one runner coalesce."""
+        if runner in self._observing:
+            self._observing[runner] = True
+            return
+        self._observing[runner] = False
+        try:
+            while True:
+                await self._observe_once(runner)
+                if not self._observing[runner]:
+                    break
+                self._observing[runner] = False
+        finally:
+            del self._observing[runner]
+
+    async def _observe_once(self, runner: str) -> None:
+        sock = self.sockets.get(runner)
+        local_job = sock.session.job if sock is not None else ""
+        reply = await functions.run(self.redis,
+                                    functions.observe(self.keys, self.id, runner, local_job))
+        if sock is None or sock.closed or self.sockets.get(runner) is not sock:
+            return
+        if not reply["exists"]:
+            await sock.close(CLOSE_REVOKED, "runner token revoked")
+        elif str(reply["conn"]) != str(sock.conn):
+            await sock.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
+        elif sock.session.state is State.READYING:
+            sock.rang = True  # the ready handler looks again once it knows the outcome
+        elif sock.session.state is State.POLLING and reply.get("offer"):
+            await self.deliver(sock, reply["offer"])
+        elif sock.session.state is State.IN_FLIGHT and sock.session.job == local_job:
+            await self._check_in_flight(sock, reply.get("local") or {})
+
+    async def _check_in_flight(self, sock: RunnerSocket, job: dict[str, Any]) -> None:
+        """Push `cancel` when the connection's job was canceled or its attempt was lost."""
+        ours = job.get("runner") == sock.runner and job.get("attempt") == sock.session.attempt
+        status = job.get("status", "")
+        if ours and status in IN_FLIGHT | {"completed", "processed"}:
+            return
+        reason = job.get("cancel_reason") if ours and status == "canceled" else "lease_lost"
+        if reason not in ("canceled", "timeout"):
+            reason = "lease_lost"
+        cancel = messages.Cancel(job=sock.session.job, attempt=sock.session.attempt,
+                                 reason=reason)  # type: ignore[arg-type]
+        sock.session.fire(Event.JOB_DONE)
+        await sock.send(cancel)
+
+    async def reconcile(self) -> None:
+        """Tick once now (used after every (re)subscribe)."""
+        await self.tick()
+
+    async def tick(self) -> None:
+        """Renew presence, reap due leases, and look at every runner in the inbox."""
+        ttl_ms = int(self.settings.pod_ttl * 1000)
+        reply = await functions.run(self.redis, functions.tick(self.keys, self.id, ttl_ms))
+        for job_id, outcome, attempt in reply.get("reaped") or []:
+            log.info("reaped job %s attempt %s: %s", job_id, attempt, outcome)
+            if outcome in ("failed", "timeout"):
+                self.spawn(self.enqueue(job_id, int(attempt)))
+        for runner in reply.get("inbox") or []:
+            self.spawn(self.observe(runner))
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                await self.tick()
+            except redis.RedisError as exc:
+                log.warning("tick failed: %s", exc)
+
+    async def enqueue(self, job_id: str, attempt: int) -> None:
+        """Queue the result task of one attempt (rq is synchronous: run it off the loop)."""
+        await asyncio.to_thread(enqueue_result, self._queue, self.keys, job_id, attempt)

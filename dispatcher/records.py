@@ -1,0 +1,78 @@
+"""Public records (job, runner) built from the raw Redis hashes: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+JOB_FIELDS = ("id", "spec", "status", "attempt", "runner", "priority", "timeout", "max_attempts",
+              "payload", "error", "exit_code", "results", "created", "claimed", "started",
+              "finished", "stdout", "stderr")
+FINAL_STATUSES = frozenset({"processed", "failed", "canceled"})
+
+
+def rfc3339(ms: str | int | None) -> str | None:
+    """Milliseconds since the epoch (Redis server clock) as RFC 3339 UTC, or None."""
+    if ms is None or ms == "":
+        return None
+    moment = datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None or text == "" else json.loads(text)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return None if text is None or text == "" else int(text)
+
+
+def job_record(raw: dict[Any, Any]) -> dict[str, Any]:
+    """The job record as `dispatcher job --json` prints it and `Client.get` returns it."""
+    h = _decode(raw)
+    timeout = float(h["timeout"])
+    return {
+        "id": h["id"],
+        "spec": h["spec"],
+        "status": h["status"],
+        "attempt": int(h.get("attempt") or 0),
+        "runner": h.get("runner") or None,
+        "priority": int(h["priority"]),
+        "timeout": int(timeout) if timeout.is_integer() else timeout,
+        "max_attempts": int(h.get("max_attempts") or 1),
+        "payload": _json_or_none(h.get("payload")),
+        "error": h.get("error") or None,
+        "exit_code": _int_or_none(h.get("exit_code")),
+        "results": _json_or_none(h.get("results")),
+        "created": rfc3339(h.get("created")),
+        "claimed": rfc3339(h.get("claimed")),
+        "started": rfc3339(h.get("started")),
+        "finished": rfc3339(h.get("finished")),
+        "stdout": h.get("stdout"),
+        "stderr": h.get("stderr"),
+    }
+
+
+def runner_record(raw: dict[Any, Any]) -> dict[str, Any]:
+    """The runner record as `dispatcher runner list --json` prints it (no token hash)."""
+    h = _decode(raw)
+    info = _json_or_none(h.get("info"))
+    return {
+        "name": h["name"],
+        "specs": json.loads(h.get("specs") or "[]"),
+        "state": h.get("state") or "offline",
+        "pod": h.get("pod") or None,
+        "job": h.get("job") or None,
+        "attempt": _int_or_none(h.get("attempt")),
+        "last_seen": rfc3339(h.get("last_seen")),
+        "version": info.get("version") if isinstance(info, dict) else None,
+        "info": info,
+    }

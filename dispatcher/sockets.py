@@ -1,0 +1,53 @@
+"""One accepted runner WebSocket on this pod: sending, closing, and its session state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from dispatcher import messages
+from dispatcher.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class RunnerSocket:
+    """A runner's live connection: ``conn`` is its generation in the runner record."""
+
+    runner: str
+    conn: int
+    ws: WebSocket
+    session: Session = field(default_factory=Session)
+    poll_timer: asyncio.TimerHandle | None = None
+    closed: bool = False
+    rang: bool = False  # a doorbell came while `ready` was being answered
+
+    async def send(self, message: messages.Message) -> None:
+        """Send one frame; a socket already closing swallows it (the runner will re-attach)."""
+        if self.closed:
+            return
+        try:
+            await self.ws.send_text(messages.encode(message))
+        except (RuntimeError, OSError) as exc:
+            log.debug("send to %s failed: %s", self.runner, exc)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` and a short reason (at most 123 bytes, RFC 6455)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.cancel_poll_timer()
+        if self.ws.application_state is WebSocketState.CONNECTED:
+            try:
+                await self.ws.close(code=code, reason=reason[:123])
+            except (RuntimeError, OSError) as exc:
+                log.debug("close of %s failed: %s", self.runner, exc)
+
+    def cancel_poll_timer(self) -> None:
+        if self.poll_timer is not None:
+            self.poll_timer.cancel()
+            self.poll_timer = None
