@@ -132,10 +132,12 @@ async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> N
     sock.session.fire(Event.READY)
     sock.rang = False
     info = messages.encoder.encode(message.runner).decode() if message.runner else ""
-    reply = await functions.run(pod.redis, functions.ready(pod.keys, sock.runner, sock.conn, info))
+    mode = "try" if pod.settings.wake == "poll" else "wait"
+    call = functions.ready(pod.keys, sock.runner, sock.conn, info, mode)
+    reply = await functions.run(pod.redis, call)
     if reply["result"] == "job":
         await pod.deliver(sock, reply)
-    elif reply["result"] == "idle":
+    elif reply["result"] in ("idle", "none"):
         sock.session.fire(Event.WAIT)
         pod.arm_poll(sock, message.poll_timeout)
         if sock.rang:  # a doorbell came while the ready script ran: look again now

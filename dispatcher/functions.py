@@ -91,8 +91,10 @@ def detach(keys: Keys, runner: str, pod: str, conn: int) -> Call[int]:
     return Call(_fn("detach"), (keys.namespace, runner, pod, conn), _int)
 
 
-def ready(keys: Keys, runner: str, conn: int, info: str) -> Call[dict[str, Any]]:
-    return Call(_fn("ready"), (keys.namespace, runner, conn, info), _json)
+def ready(keys: Keys, runner: str, conn: int, info: str, mode: str = "wait"
+          ) -> Call[dict[str, Any]]:
+    """``mode`` 'wait' enters the idle sets when nothing is pending; 'try' only looks."""
+    return Call(_fn("ready"), (keys.namespace, runner, conn, info, mode), _json)
 
 
 def poll_end(keys: Keys, runner: str, conn: int) -> Call[dict[str, Any]]:

@@ -153,9 +153,38 @@ class Pod:
     # -- long poll ----------------------------------------------------------------------------
 
     def arm_poll(self, sock: RunnerSocket, seconds: float) -> None:
+        """Hold the poll open: until the deadline (pub/sub) or retrying each poll interval."""
         poll = sock.session.poll
         loop = asyncio.get_running_loop()
+        if self.settings.wake == "poll":
+            self._arm_poll_try(sock, poll, loop.time() + seconds)
+            return
         sock.poll_timer = loop.call_later(seconds, lambda: self.spawn(self.end_poll(sock, poll)))
+
+    def _arm_poll_try(self, sock: RunnerSocket, poll: int, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay = min(self.settings.poll_interval, max(0.0, deadline - loop.time()))
+        sock.poll_timer = loop.call_later(
+            delay, lambda: self.spawn(self._poll_try(sock, poll, deadline)))
+
+    async def _poll_try(self, sock: RunnerSocket, poll: int, deadline: float) -> None:
+        """The polling baseline: ask Redis for a job once per poll interval."""
+        if sock.closed or sock.session.state is not State.POLLING or sock.session.poll != poll:
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            sock.session.fire(Event.NO_JOB)
+            await sock.send(messages.NoJob())
+            return
+        call = functions.ready(self.keys, sock.runner, sock.conn, "", mode="try")
+        reply = await functions.run(self.redis, call)
+        if sock.session.state is not State.POLLING or sock.session.poll != poll:
+            return
+        if reply["result"] == "job":
+            await self.deliver(sock, reply)
+        elif reply["result"] == "none":
+            self._arm_poll_try(sock, poll, deadline)
+        else:
+            await self.observe(sock.runner)
 
     async def end_poll(self, sock: RunnerSocket, poll: int) -> None:
         """The long poll expired: send a job assigned a moment earlier, or `no_job`."""

@@ -486,13 +486,15 @@ local function current_conn(ns, name, conn)
 end
 
 --[[ dispatch_v1_ready
-ARGV: ns, runner, conn, info (JSON object or '')
-Reply: {"result": "job", ...offer} | {"result": "idle"} | {"result": "stale"} (not the current
-connection). Invariant: the runner either gets the best pending job over its specs (priority,
-then age) or enters every idle set of its specs, never both.
+ARGV: ns, runner, conn, info (JSON object or ''), mode ('wait' by default, or 'try')
+Reply: {"result": "job", ...offer} | {"result": "idle"} | {"result": "none"} (mode 'try') |
+{"result": "stale"} (not the current connection).
+Invariant: the runner either gets the best pending job over its specs (priority, then age) or, in
+mode 'wait', enters every idle set of its specs, never both. Mode 'try' (the polling baseline,
+DISPATCHER_WAKE=poll) never enters the idle sets: the pod asks again after its poll interval.
 ]]
 local function ready(keys, args)
-  local ns, name, conn, info = args[1], args[2], args[3], args[4]
+  local ns, name, conn, info, mode = args[1], args[2], args[3], args[4], args[5]
   if not current_conn(ns, name, conn) then return cjson.encode({result = 'stale'}) end
   local now, cfg = now_ms(), config(ns)
   local rk = runner_key(ns, name)
@@ -507,6 +509,7 @@ local function ready(keys, args)
     offer.result = 'job'
     return cjson.encode(offer)
   end
+  if mode == 'try' then return cjson.encode({result = 'none'}) end
   local since = redis.call('HGET', rk, 'idle_since') or tostring(now)
   for _, spec in ipairs(specs) do redis.call('ZADD', idle_key(ns, spec), since, name) end
   redis.call('HSET', rk, 'polling', '1')
