@@ -44,22 +44,22 @@ class RunnerInfo(msgspec.Struct, frozen=True, omit_defaults=True):
 # -- runner -> server -------------------------------------------------------------------------
 
 
-class Ready(Message, tag="ready"):
+class Ready(Message, frozen=True, tag="ready"):
     poll_timeout: PollTimeout = DEFAULT_POLL_TIMEOUT
     runner: RunnerInfo | None = None
 
 
-class Running(Message, tag="running"):
+class Running(Message, frozen=True, tag="running"):
     job: JobId
     attempt: Attempt
 
 
-class Heartbeat(Message, tag="heartbeat"):
+class Heartbeat(Message, frozen=True, tag="heartbeat"):
     job: JobId
     attempt: Attempt
 
 
-class Completed(Message, tag="completed"):
+class Completed(Message, frozen=True, tag="completed"):
     job: JobId
     attempt: Attempt
     exit_code: int
@@ -68,7 +68,7 @@ class Completed(Message, tag="completed"):
     stderr: str | None = None
 
 
-class Failed(Message, tag="failed"):
+class Failed(Message, frozen=True, tag="failed"):
     job: JobId
     attempt: Attempt
     error: str
@@ -78,7 +78,7 @@ class Failed(Message, tag="failed"):
     stderr: str | None = None
 
 
-class Canceled(Message, tag="canceled"):
+class Canceled(Message, frozen=True, tag="canceled"):
     job: JobId
     attempt: Attempt
 
@@ -90,7 +90,7 @@ RunnerMessage = Ready | Running | Heartbeat | Completed | Failed | Canceled
 # -- server -> runner -------------------------------------------------------------------------
 
 
-class Job(Message, tag="job"):
+class Job(Message, frozen=True, tag="job"):
     job: str
     attempt: int
     spec: str
@@ -100,16 +100,16 @@ class Job(Message, tag="job"):
     created: str
 
 
-class NoJob(Message, tag="no_job"):
+class NoJob(Message, frozen=True, tag="no_job"):
     pass
 
 
-class Ack(Message, tag="ack"):
+class Ack(Message, frozen=True, tag="ack"):
     job: str
     of: AckOf
 
 
-class Cancel(Message, tag="cancel"):
+class Cancel(Message, frozen=True, tag="cancel"):
     job: str
     attempt: int
     reason: CancelReason

@@ -1,0 +1,26 @@
+"""The reference runner agent, ``dispatch-runner``.
+
+Layout (one concept per module):
+
+- ``events``: the inputs a runner machine accepts, the effects it asks for, the job outcome;
+- ``states``: the protocol states and the table of legal transitions;
+- ``machine``: the sans-I/O protocol state machine (PROTOCOL.md, runner side);
+- ``results``: building (and shrinking) the terminal message for a finished job;
+- ``backoff``: pure reconnect back-off with jitter;
+- ``executor``: runs one job as a subprocess (process group, timeout, cancel, output caps);
+- ``spool``: the on-disk result spool and current-job record under ``--state-dir``;
+- ``channel``: opening the WebSocket, reading frames, classifying refusals (401/429);
+- ``config``: the agent's settings object;
+- ``driver``: the asyncio ``Agent`` that feeds the machine and performs its effects;
+- ``logs``/``cli``: logging setup and the ``dispatch-runner`` command.
+
+Nothing here imports the server's dependencies (starlette, uvicorn, redis, rq): the runner installs
+with ``pip install '.[runner]'`` and needs only websockets, msgspec and ``dispatcher.messages``.
+"""
+
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("redis-dispatcher")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

@@ -1,0 +1,160 @@
+"""``dispatch-runner``: the command that runs the reference runner agent.
+
+    dispatch-runner --url http(s)://HOST:PORT --runner NAME --token TOKEN
+        [--poll-timeout S] [--state-dir DIR] [--drain-timeout S] [--kill-grace S]
+        [--work-dir DIR] [--log-format text|json]
+
+The token may come from ``DISPATCH_RUNNER_TOKEN`` instead of ``--token``; prefer that, since other
+users of the host can read a command line. A ``--token`` value is overwritten in ``sys.argv`` and,
+on Linux, in the process's own argument memory, so ``ps`` shows asterisks after start-up. The token
+is removed from the environment the jobs get and scrubbed from every log line.
+
+Exit status: 0 after a normal shutdown, 1 after a forced one (second signal) or a fatal error such
+as a state directory in use, 2 for bad arguments, 3 when the dispatcher kept refusing the token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from runner import __version__
+from runner.channel import channel_url
+from runner.config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_STATE_DIR, TOKEN_ENV, AgentConfig
+from runner.driver import Agent
+from runner.executor import DEFAULT_KILL_GRACE
+from runner.logs import setup_logging
+from runner.spool import SpoolLocked
+
+log = logging.getLogger("runner")
+
+
+Parse = Callable[[str], float]
+
+
+def _number(kind: Parse, low: float, high: float | None = None) -> Parse:
+    """An argparse type: ``kind`` within [low, high]; argparse turns ValueError into exit 2."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value < low or (high is not None and value > high):
+            bounds = f"{low:g}..{high:g}" if high is not None else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({bounds})")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dispatch-runner", description="Run a dispatcher's jobs.")
+    p.add_argument("--url", required=True, help="dispatcher base URL, http(s)://HOST:PORT")
+    p.add_argument("--runner", required=True, help="this runner's name, as registered")
+    p.add_argument("--token", help=f"runner token (better: set {TOKEN_ENV})")
+    p.add_argument("--poll-timeout", type=_number(int, 1, 900), default=30, help="long poll, s")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="spool directory")
+    p.add_argument(
+        "--drain-timeout",
+        type=_number(float, 0),
+        default=DEFAULT_DRAIN_TIMEOUT,
+        help="on shutdown, stop the running job after this many seconds",
+    )
+    p.add_argument(
+        "--kill-grace",
+        type=_number(float, 0),
+        default=DEFAULT_KILL_GRACE,
+        help="seconds between SIGTERM and SIGKILL when stopping a job",
+    )
+    p.add_argument("--work-dir", type=Path, help="base of the per-job work directories")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = make_config(parser, args, os.environ)
+    if args.token:
+        hide_secret(args.token)
+    setup_logging(args.log_format, secrets=[config.token])
+    if args.token:
+        log.warning("the token was given with --token; prefer %s", TOKEN_ENV)
+    os.environ.pop(TOKEN_ENV, None)  # nothing started from here on inherits it
+    try:
+        return asyncio.run(_run(Agent(config)))
+    except SpoolLocked as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def make_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+) -> AgentConfig:
+    """The agent's settings from parsed arguments; a usage error exits 2 via ``parser.error``."""
+    token = args.token or environ.get(TOKEN_ENV)
+    if not token:
+        parser.error(f"no token: pass --token or set {TOKEN_ENV}")
+    try:
+        channel_url(args.url, args.runner)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return AgentConfig(
+        url=args.url,
+        runner=args.runner,
+        token=token,
+        state_dir=args.state_dir,
+        work_dir=args.work_dir,
+        poll_timeout=args.poll_timeout,
+        drain_timeout=args.drain_timeout,
+        kill_grace=args.kill_grace,
+        base_env={k: v for k, v in environ.items() if k != TOKEN_ENV},  # jobs never see it
+    )
+
+
+async def _run(agent: Agent) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_shutdown)
+    log.info(
+        "dispatch-runner %s: runner %r at %s",
+        __version__,
+        agent.config.runner,
+        agent.config.channel_url,
+    )
+    return await agent.run()
+
+
+def hide_secret(secret: str) -> None:
+    """Replace ``secret`` in ``sys.argv`` and, best effort, in what ``ps`` shows."""
+    sys.argv[:] = [arg.replace(secret, "***") for arg in sys.argv]
+    scrub_cmdline(secret)
+
+
+def scrub_cmdline(secret: str) -> bool:
+    """Overwrite ``secret`` with asterisks in this process's original argv memory (Linux only).
+
+    ``ps`` reads /proc/PID/cmdline, which is the memory between ``arg_start`` and ``arg_end``
+    (fields 48 and 49 of /proc/self/stat); Python keeps its own copy of the arguments, so
+    overwriting the original area changes what others see and nothing else. Returns whether it
+    worked.
+    """
+    needle = secret.encode()
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # fields 48, 49 (the split starts at 3)
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            area = mem.read(end - start)
+            offset = area.find(needle)
+            while offset >= 0:
+                mem.seek(start + offset)
+                mem.write(b"*" * len(needle))
+                offset = area.find(needle, offset + len(needle))
+    except (OSError, ValueError, IndexError):
+        return False
+    return True

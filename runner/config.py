@@ -1,0 +1,49 @@
+"""The agent's settings, built once by the CLI (or a test) and passed explicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from dispatcher.messages import DEFAULT_POLL_TIMEOUT
+from runner.channel import channel_url
+from runner.executor import DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_CAP
+
+TOKEN_ENV = "DISPATCH_RUNNER_TOKEN"
+DEFAULT_STATE_DIR = Path(".dispatch-runner")
+DEFAULT_DRAIN_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything ``Agent`` needs; times in seconds. The token never appears in ``repr``."""
+
+    url: str  # http(s)://HOST:PORT of the dispatcher (a path prefix is kept)
+    runner: str
+    token: str = field(repr=False)
+    state_dir: Path = DEFAULT_STATE_DIR
+    work_dir: Path | None = None  # default: <spool dir>/work
+    poll_timeout: int = DEFAULT_POLL_TIMEOUT
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    kill_grace: float = DEFAULT_KILL_GRACE
+    output_cap: int = DEFAULT_OUTPUT_CAP
+    base_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # the jobs' environment
+    open_timeout: float = 10.0
+    ack_timeout: float = 30.0
+    poll_margin: float = 15.0
+    max_auth_failures: int = 10
+
+    @property
+    def channel_url(self) -> str:
+        return channel_url(self.url, self.runner)
+
+    @property
+    def spool_dir(self) -> Path:
+        # One directory per runner name: a result held for one name is never sent as another's.
+        return self.state_dir / quote(self.runner, safe="")
+
+    @property
+    def job_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.spool_dir / "work"
