@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -51,9 +52,10 @@ async def refusal(pod: Pod, runner: str, header: str | None) -> PlainTextRespons
     if pod.stopping:
         return PlainTextResponse("dispatcher pod shutting down\n", status_code=503)
     token = bearer_token(header)
-    stored = await pod.redis.hget(pod.keys.runner(runner), "token_hash")  # type: ignore[misc]
-    if token is None or stored is None or not hmac.compare_digest(
-            stored.decode(), token_hash(token)):
+    stored = await pod.redis.hget(pod.keys.runner(runner), "token_hash")
+    expected = stored.encode() if isinstance(stored, str) else stored
+    if token is None or expected is None or not hmac.compare_digest(
+            expected, token_hash(token).encode()):
         return PlainTextResponse("invalid runner token\n", status_code=401,
                                  headers={"WWW-Authenticate": "Bearer"})
     now = time.time()
@@ -114,7 +116,7 @@ async def serve(pod: Pod, sock: RunnerSocket) -> None:
             await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
 
 
-async def handle_frame(pod: Pod, sock: RunnerSocket, frame: dict[str, object]) -> None:
+async def handle_frame(pod: Pod, sock: RunnerSocket, frame: Mapping[str, Any]) -> None:
     text = frame.get("text")
     if not isinstance(text, str):
         raise ProtocolError(CLOSE_UNSUPPORTED, "binary frames are not accepted")
@@ -184,7 +186,7 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
     assert isinstance(message, messages.Completed | messages.Failed | messages.Canceled)
     reply = await functions.run(pod.redis, finish_call(pod, sock, message))
     if reply["result"] in ("recorded", "duplicate"):
-        await pod.enqueue(message.job, message.attempt)
+        await pod.enqueue(message.job, message.attempt, late=bool(reply.get("override")))
     if sock.session.holds(message.job):
         sock.session.fire(Event.JOB_DONE)
     await sock.send(messages.Ack(job=message.job, of=_TERMINAL_EVENT[type(message)]))

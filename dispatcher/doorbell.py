@@ -62,7 +62,7 @@ class Doorbell:
                 await self._handle(message)
         finally:
             self.live = False
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
             await client.aclose()
 
     async def _handle(self, message: dict[str, object]) -> None:

@@ -114,6 +114,11 @@ class Keys:
         """Name of the rq queue of terminal results (rq keeps it under ``rq:queue:<name>``)."""
         return f"{self.namespace}:results"
 
-    def result_job_id(self, job_id: str, attempt: int) -> str:
-        """Deterministic rq job id of one job attempt's result (unique across namespaces)."""
-        return f"{self.namespace}-{job_id}-{attempt}"
+    def result_job_id(self, job_id: str, attempt: int, late: bool = False) -> str:
+        """Deterministic rq job id of one job attempt's result (unique across namespaces).
+
+        ``late``: the second outcome an attempt can have, a runner's `completed` that replaced the
+        failure the server recorded when the lease expired (the first task may be done already).
+        """
+        suffix = "-late" if late else ""
+        return f"{self.namespace}-{job_id}-{attempt}{suffix}"

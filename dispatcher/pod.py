@@ -16,6 +16,7 @@ import logging
 import uuid
 from typing import Any
 
+import msgspec
 import redis
 import redis.asyncio
 
@@ -42,7 +43,7 @@ def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
         job=offer["job"],
         attempt=int(offer["attempt"]),
         spec=offer["spec"],
-        payload=messages.msgspec.Raw(offer["payload"].encode()),
+        payload=msgspec.Raw(offer["payload"].encode()),
         timeout=float(offer["timeout"]),
         heartbeat_interval=settings.heartbeat_interval,
         created=rfc3339(offer["created"]) or "",
@@ -73,10 +74,10 @@ class Pod:
     async def start(self) -> None:
         """Load the library, publish the timeouts the scripts use, join the pod set."""
         await functions.load_library(self.redis)
-        cfg = {"start_timeout": self.settings.start_timeout,
+        cfg: dict[str | bytes, float] = {"start_timeout": self.settings.start_timeout,
                "lease_timeout": self.settings.lease_timeout,
                "timeout_grace": self.settings.timeout_grace}
-        await self.redis.hset(self.keys.config, mapping=cfg)  # type: ignore[misc]
+        await self.redis.hset(self.keys.config, mapping=cfg)  # type: ignore[arg-type]
         await self.redis.set(self.keys.schema, 1, nx=True)
         await self.tick()
         if self.settings.wake == "pubsub":
@@ -117,7 +118,7 @@ class Pod:
     async def ready(self) -> bool:
         """Redis answers and (in pub/sub mode) the doorbell subscription is live."""
         try:
-            await self.redis.ping()  # type: ignore[misc]
+            await self.redis.ping()
         except redis.RedisError:
             return False
         return self.settings.wake == "poll" or self.doorbell.live
@@ -280,6 +281,6 @@ class Pod:
             except redis.RedisError as exc:
                 log.warning("tick failed: %s", exc)
 
-    async def enqueue(self, job_id: str, attempt: int) -> None:
+    async def enqueue(self, job_id: str, attempt: int, late: bool = False) -> None:
         """Queue the result task of one attempt (rq is synchronous: run it off the loop)."""
-        await asyncio.to_thread(enqueue_result, self._queue, self.keys, job_id, attempt)
+        await asyncio.to_thread(enqueue_result, self._queue, self.keys, job_id, attempt, late)

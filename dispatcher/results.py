@@ -24,13 +24,14 @@ def results_queue(connection: redis.Redis, keys: Keys) -> Queue:
     return Queue(keys.results_queue, connection=connection)
 
 
-def enqueue_result(queue: Queue, keys: Keys, job_id: str, attempt: int) -> bool:
+def enqueue_result(queue: Queue, keys: Keys, job_id: str, attempt: int,
+                   late: bool = False) -> bool:
     """Queue the result task of one attempt; False when it was queued before."""
     try:
         queue.enqueue_call(
             TASK,
             args=(keys.namespace, job_id, attempt),
-            job_id=keys.result_job_id(job_id, attempt),
+            job_id=keys.result_job_id(job_id, attempt, late),
             retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,

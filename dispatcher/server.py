@@ -23,7 +23,7 @@ from dispatcher.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class PodServer(uvicorn.Server):  # type: ignore[misc]
+class PodServer(uvicorn.Server):
     """A uvicorn server whose first exit signal drains the pod's channels with 1001."""
 
     def __init__(self, config: uvicorn.Config, pod: Pod, *, signals: bool = True) -> None:

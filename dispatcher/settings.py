@@ -34,6 +34,7 @@ class Settings:
     wake: str = "pubsub"
     poll_interval: float = 1.0
     pod_ttl: float = 15.0
+    job_retention: float = 7 * 24 * 3600
 
     def __post_init__(self) -> None:
         if not NAMESPACE_RE.match(self.namespace):
@@ -44,8 +45,8 @@ class Settings:
                      "ping_interval", "ping_timeout", "poll_interval", "pod_ttl"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
-        if self.timeout_grace < 0:
-            raise ConfigError("timeout_grace must be >= 0")
+        if self.timeout_grace < 0 or self.job_retention < 0:
+            raise ConfigError("timeout_grace and job_retention must be >= 0")
         if self.max_message_bytes < 1024:
             raise ConfigError("max_message_bytes must be >= 1024")
         if self.connect_rate < 1:

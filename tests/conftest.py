@@ -29,6 +29,7 @@ def namespace(redis_url: str) -> Iterator[str]:
     names += list(client.scan_iter(match=f"rq:*{ns}*", count=1000))
     if names:
         client.delete(*names)
+    client.srem("rq:queues", f"rq:queue:{Keys(ns).results_queue}")
     client.close()
 
 

@@ -39,6 +39,7 @@ local MAX_LOST_STARTS = 5
 local MAX_PAYLOAD_BYTES = 1048576
 local MAX_TIMEOUT_S = 30 * 24 * 3600
 local SPEC_PATTERN = '^[%w%._/@%+%-]+$'
+local UUID_PATTERN = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
 local FINAL = {completed = true, processed = true, failed = true, canceled = true}
 local IN_FLIGHT = {claimed = true, running = true}
 
@@ -354,7 +355,7 @@ local function submit(keys, args)
   local now = now_ms()
   local seq = redis.call('INCR', key(ns, 'seq'))
   if not id or id == '' then id = new_job_id(ns, seq, now) end
-  if not string.match(id, '^%x+%-%x+%-%x+%-%x+%-%x+$') or #id ~= 36 then return fail('invalid job id: must be a UUID') end
+  if not string.match(id, UUID_PATTERN) then return fail('invalid job id: must be a UUID') end
   local jk = job_key(ns, id)
   if redis.call('EXISTS', jk) == 1 then return fail('job ' .. id .. ' already exists') end
   redis.call('HSET', jk, 'id', id, 'spec', spec, 'payload', payload, 'priority', string.format('%d', priority),
@@ -627,7 +628,8 @@ end
 ARGV: ns, runner, job, attempt, status (completed|failed|canceled), then four optional values
       exit_code, results (JSON text), stdout, stderr, each '' when absent or '=' + the value,
       then error (text).
-Reply: {"result": "recorded"|"duplicate"|"stale"|"unknown", "status": current status}.
+Reply: {"result": "recorded"|"duplicate"|"stale"|"unknown", "status": current status,
+        "override": true when a `completed` replaced a lease-expiry failure of the same attempt}.
 Invariant: the first terminal state of an attempt wins (fenced by job + attempt + runner), except
 that `completed` replaces a `failed` the server recorded only because the lease expired; the
 runner is freed; the lease is dropped.
@@ -648,7 +650,7 @@ local function finish(keys, args)
   end
   finalize(ns, id, status, status == 'completed' and '' or args[10], now, extra)
   free_runner(ns, name, id, now)
-  return cjson.encode({result = 'recorded', status = status})
+  return cjson.encode({result = 'recorded', status = status, override = override})
 end
 
 --[[ dispatch_v1_processed

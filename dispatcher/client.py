@@ -1,0 +1,338 @@
+"""Producer clients: put jobs into Redis, read them, cancel them, wait for their outcome.
+
+``Client`` is synchronous, ``AsyncClient`` its asyncio twin (every method a coroutine). Both call
+the Redis Function library, so they agree with producers in other languages by construction.
+``wait`` is driven by the done channel (the library publishes a job id when the job becomes
+processed, failed or canceled), with a slow re-check because pub/sub may lose a message.
+
+The async client takes any number of concurrent calls on a bounded pool: commands queue for one of
+``max_connections`` connections, and all its waiters share one pub/sub connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+import redis.asyncio
+
+from dispatcher import functions, results
+from dispatcher.errors import NotFound
+from dispatcher.keys import Keys
+from dispatcher.records import FINAL_STATUSES, job_record
+from dispatcher.settings import Settings
+from dispatcher.status import read_status, read_status_async
+from dispatcher.submission import check_job_id, job_request
+from dispatcher.waiters import DoneWaiters
+
+RECHECK_INTERVAL = 5.0
+DEFAULT_MAX_CONNECTIONS = 32
+TIMEOUT_MESSAGE = "timed out waiting for the job to reach a final state"
+EventEntry = dict[str, str]
+
+
+def _client_name(settings: Settings) -> str:
+    return f"dispatcher-client:{settings.namespace}"
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_entries(reply: Any) -> Iterator[EventEntry]:
+    """The entries of an XREAD reply as flat dicts, the stream id under ``id``."""
+    for _stream, entries in reply or ():
+        for entry_id, fields in entries:
+            event = {str(_text(k)): str(_text(v)) for k, v in fields.items()}
+            event["id"] = str(_text(entry_id))
+            yield event
+
+
+def _record_or_raise(job_id: str, raw: dict[Any, Any]) -> dict[str, Any]:
+    if not raw:
+        raise NotFound(f"no such job: {job_id}")
+    return job_record(raw)
+
+
+def _final_or_timeout(record: dict[str, Any] | None) -> dict[str, Any]:
+    if record is None:
+        raise TimeoutError(TIMEOUT_MESSAGE)
+    return record
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+class Client:
+    """Synchronous producer client of one namespace."""
+
+    recheck_interval = RECHECK_INTERVAL
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self._owned = redis_client is None
+        if redis_client is None:
+            redis_client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                                client_name=_client_name(settings))
+        self._redis = redis_client
+        # rq stores pickled data and needs a connection that does not decode replies
+        self._rq_redis = redis.Redis.from_url(settings.redis_url,
+                                              client_name=_client_name(settings))
+        self._results = results.results_queue(self._rq_redis, self.keys)
+
+    @classmethod
+    def from_env(cls) -> Client:
+        """A client configured by the ``DISPATCHER_*`` environment variables."""
+        return cls(Settings.from_env())
+
+    def submit(self, spec: str, payload: Any = None, *, priority: int = 0,
+               timeout: float | None = None, max_attempts: int = 1) -> str:
+        """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing."""
+        request = job_request(spec, payload, priority=priority, timeout=timeout,
+                              max_attempts=max_attempts)
+        return functions.run_sync(self._redis, request.call(self.keys))
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job record; ``KeyError`` (``NotFound``) for an unknown id."""
+        job_id = check_job_id(job_id)
+        return _record_or_raise(job_id, self._redis.hgetall(self.keys.job(job_id)))
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job: True when this call canceled it, False when it was already final."""
+        job_id = check_job_id(job_id)
+        if not functions.run_sync(self._redis, functions.cancel(self.keys, job_id)):
+            return False
+        attempt = int(self._redis.hget(self.keys.job(job_id), "attempt") or 0)
+        results.enqueue_result(self._results, self.keys, job_id, attempt)
+        return True
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The job record once the job is processed, failed or canceled.
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first, ``KeyError`` for an unknown id.
+        """
+        job_id = check_job_id(job_id)
+        if timeout is not None and timeout <= 0:  # no time to wait: look once
+            return _final_or_timeout(self._final_record(job_id))
+        deadline = _deadline(timeout)
+        pubsub = self._subscribe(deadline)
+        try:
+            while True:
+                record = self._final_record(job_id)
+                if record is not None:
+                    return record
+                try:
+                    self._next_notice(pubsub, job_id, deadline)
+                except redis.ConnectionError:
+                    # the subscription broke and a notice may be lost: subscribe anew, re-check
+                    pubsub.close()
+                    pubsub = self._subscribe(deadline)
+        finally:
+            pubsub.close()
+
+    def events(self, job_id: str | None = None, *, since: str = "$",
+               block: float = 5.0) -> Iterator[EventEntry]:
+        """Follow the event stream (entries after ``since``; "0" = from the start), forever.
+
+        Each entry is a dict of its fields plus ``id`` (the stream id); with ``job_id``, only that
+        job's entries. Stop by leaving the loop.
+        """
+        cursor = since
+        while True:
+            reply = self._redis.xread({self.keys.events: cursor}, block=int(block * 1000))
+            for event in _stream_entries(reply):
+                cursor = event["id"]
+                if job_id is None or event.get("job") == job_id:
+                    yield event
+
+    def last_event_id(self) -> str:
+        """The id of the newest event ("0" when there is none), a ``since`` for ``events``."""
+        newest = self._redis.xrevrange(self.keys.events, count=1)
+        if not newest:
+            return "0"
+        entry_id = newest[0][0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot of the namespace (see ``dispatcher.status``)."""
+        return read_status(self._redis, self.keys)
+
+    def close(self) -> None:
+        if self._owned:
+            self._redis.close()
+        self._rq_redis.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _final_record(self, job_id: str) -> dict[str, Any] | None:
+        status = _text(self._redis.hget(self.keys.job(job_id), "status"))
+        if status is None:
+            raise NotFound(f"no such job: {job_id}")
+        return self.get(job_id) if status in FINAL_STATUSES else None
+
+    def _subscribe(self, deadline: float | None) -> redis.client.PubSub:
+        """A subscription to the done channel, returned once Redis has confirmed it."""
+        pubsub: redis.client.PubSub = self._redis.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self.keys.done_channel)
+            while True:
+                message = pubsub.get_message(timeout=self._slice(deadline))
+                if message is not None and message["type"] == "subscribe":
+                    return pubsub
+        except BaseException:
+            pubsub.close()
+            raise
+
+    def _next_notice(self, pubsub: redis.client.PubSub, job_id: str,
+                     deadline: float | None) -> None:
+        """Return when ``job_id`` is announced or the re-check interval has passed."""
+        until = time.monotonic() + self.recheck_interval
+        while (left := until - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=min(self._slice(deadline), left))
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                return  # re-subscribed after a reconnect: a message may have been lost
+            if message["type"] == "message" and _text(message["data"]) == job_id:
+                return
+
+    @staticmethod
+    def _slice(deadline: float | None) -> float:
+        remaining = _remaining(deadline)
+        if remaining is None:
+            return RECHECK_INTERVAL
+        if remaining <= 0:
+            raise TimeoutError(TIMEOUT_MESSAGE)
+        return remaining
+
+
+class AsyncClient:
+    """Asyncio producer client of one namespace; every method (and ``close``) is a coroutine."""
+
+    recheck_interval = RECHECK_INTERVAL
+
+    def __init__(self, settings: Settings, redis_client: redis.asyncio.Redis | None = None, *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        if max_connections < 2:
+            raise ValueError("max_connections must be >= 2 (one is the shared subscription)")
+        self._owned = redis_client is None
+        if redis_client is None:
+            # a blocking pool makes callers queue for a connection instead of opening more
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=max_connections, timeout=None,
+                decode_responses=True, client_name=_client_name(settings))
+            redis_client = redis.asyncio.Redis(connection_pool=pool)
+        self._redis = redis_client
+        self._waiters = DoneWaiters(self._redis, self.keys.done_channel)
+        # rq is synchronous and needs undecoded replies: its own small blocking pool, used from
+        # worker threads
+        self._rq_redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=4, client_name=_client_name(settings)))
+        self._results = results.results_queue(self._rq_redis, self.keys)
+
+    @classmethod
+    def from_env(cls) -> AsyncClient:
+        """A client configured by the ``DISPATCHER_*`` environment variables (a plain call)."""
+        return cls(Settings.from_env())
+
+    async def submit(self, spec: str, payload: Any = None, *, priority: int = 0,
+                     timeout: float | None = None, max_attempts: int = 1) -> str:
+        """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing."""
+        request = job_request(spec, payload, priority=priority, timeout=timeout,
+                              max_attempts=max_attempts)
+        return await functions.run(self._redis, request.call(self.keys))
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        """The job record; ``KeyError`` (``NotFound``) for an unknown id."""
+        job_id = check_job_id(job_id)
+        return _record_or_raise(job_id, await self._redis.hgetall(self.keys.job(job_id)))
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job: True when this call canceled it, False when it was already final."""
+        job_id = check_job_id(job_id)
+        if not await functions.run(self._redis, functions.cancel(self.keys, job_id)):
+            return False
+        attempt = int(await self._redis.hget(self.keys.job(job_id), "attempt") or 0)
+        await asyncio.to_thread(results.enqueue_result, self._results, self.keys, job_id, attempt)
+        return True
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The job record once the job is processed, failed or canceled.
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first, ``KeyError`` for an unknown id.
+        """
+        job_id = check_job_id(job_id)
+        if timeout is not None and timeout <= 0:  # no time to wait: look once
+            return _final_or_timeout(await self._final_record(job_id))
+        deadline = _deadline(timeout)
+        with self._waiters.register(job_id) as wake:
+            await asyncio.wait_for(self._waiters.subscribed(), _remaining(deadline))
+            while True:
+                wake.clear()
+                record = await self._final_record(job_id)
+                if record is not None:
+                    return record
+                remaining = _remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(TIMEOUT_MESSAGE)
+                pause = self.recheck_interval if remaining is None else min(
+                    remaining, self.recheck_interval)
+                # a timeout here is the slow re-check, or the deadline (raised on the next turn)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), pause)
+
+    async def events(self, job_id: str | None = None, *, since: str = "$",
+                     block: float = 5.0) -> AsyncIterator[EventEntry]:
+        """Follow the event stream like ``Client.events`` (holds one pool connection meanwhile)."""
+        cursor = since
+        while True:
+            reply = await self._redis.xread({self.keys.events: cursor}, block=int(block * 1000))
+            for event in _stream_entries(reply):
+                cursor = event["id"]
+                if job_id is None or event.get("job") == job_id:
+                    yield event
+
+    async def status(self) -> dict[str, Any]:
+        """A snapshot of the namespace (see ``dispatcher.status``)."""
+        return await read_status_async(self._redis, self.keys)
+
+    async def close(self) -> None:
+        await self._waiters.close()
+        if self._owned:
+            await self._redis.aclose()
+        self._rq_redis.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _final_record(self, job_id: str) -> dict[str, Any] | None:
+        status = _text(await self._redis.hget(self.keys.job(job_id), "status"))
+        if status is None:
+            raise NotFound(f"no such job: {job_id}")
+        return await self.get(job_id) if status in FINAL_STATUSES else None

@@ -1,0 +1,104 @@
+"""Producer input checked in Python before anything reaches Redis (pure, no I/O).
+
+The `submit` function in the Lua library checks the same rules and stays the authority (producers in
+other languages call it directly); checking here too gives Python callers a ``ValueError`` or
+``TypeError`` that names the argument, and a job id generated client-side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher import functions
+from dispatcher.errors import NotFound
+from dispatcher.keys import Keys
+
+DEFAULT_TIMEOUT = 3600
+MAX_TIMEOUT = 30 * 24 * 3600
+MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_PRIORITY = 2**53 - 1
+MAX_ATTEMPTS = 100
+SPEC_RE = re.compile(r"^[A-Za-z0-9._/@+-]{1,128}$")
+# the rule `submit` in the Lua library applies to ids (36 characters, five groups of hex digits)
+JOB_ID_RE = re.compile(r"^[0-9A-Fa-f]+(?:-[0-9A-Fa-f]+){4}$")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A validated submission: exactly the arguments of the `submit` function."""
+
+    job_id: str
+    spec: str
+    payload: str
+    priority: int
+    timeout: int | float
+    max_attempts: int
+
+    def call(self, keys: Keys) -> functions.Call[str]:
+        return functions.submit(keys, self.job_id, self.spec, self.payload, self.priority,
+                                self.timeout, self.max_attempts)
+
+
+def job_request(spec: str, payload: Any = None, *, priority: int = 0,
+                timeout: float | None = None, max_attempts: int = 1) -> JobRequest:
+    """Validate a submission (``payload=None`` means ``{}``); raise ValueError/TypeError."""
+    return JobRequest(
+        job_id=str(uuid.uuid4()),
+        spec=check_spec(spec),
+        payload=encode_payload({} if payload is None else payload),
+        priority=_check_int("priority", priority, -MAX_PRIORITY, MAX_PRIORITY),
+        timeout=check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout),
+        max_attempts=_check_int("max_attempts", max_attempts, 1, MAX_ATTEMPTS),
+    )
+
+
+def check_spec(spec: Any) -> str:
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a string, not {type(spec).__name__}")
+    if not SPEC_RE.match(spec):
+        raise ValueError(
+            f"invalid spec {spec!r}: 1-128 characters of letters, digits and . _ / @ + -")
+    return spec
+
+
+def encode_payload(payload: Any) -> str:
+    try:
+        text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except TypeError as exc:
+        raise TypeError(f"payload must be JSON-serialisable: {exc}") from None
+    except ValueError as exc:  # NaN/Infinity, or a circular reference
+        raise ValueError(f"payload must be JSON-serialisable: {exc}") from None
+    if len(text.encode()) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload is larger than {MAX_PAYLOAD_BYTES} bytes as JSON")
+    return text
+
+
+def check_timeout(timeout: Any) -> int | float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be > 0 and <= {MAX_TIMEOUT} seconds, not {timeout!r}")
+    # whole seconds travel as integers so the record reads back 3600, not 3600.0
+    return int(timeout) if float(timeout).is_integer() else float(timeout)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low} to {high}, not {value}")
+    return value
+
+
+def check_job_id(job_id: Any) -> str:
+    """A job id as given; anything that is not a UUID cannot name a job, so it is not found."""
+    if not isinstance(job_id, str):
+        raise TypeError(f"job id must be a string, not {type(job_id).__name__}")
+    if len(job_id) != 36 or not JOB_ID_RE.match(job_id):
+        raise NotFound(f"no such job: {job_id}")
+    return job_id

@@ -1,0 +1,1 @@
+"""Result writers: the rq task recording terminal job results, and `worker-bridge`."""
