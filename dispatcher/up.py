@@ -56,19 +56,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with contextlib.ExitStack() as stack:
         url = given_url or stack.enter_context(embedded_valkey(data / "valkey"))
         settings = Settings.from_env(redis_url=url, namespace=settings.namespace)
-        env = {**os.environ, "DISPATCHER_REDIS_URL": url, "DISPATCHER_NAMESPACE": settings.namespace}
+        env = {**os.environ, "DISPATCHER_REDIS_URL": url,
+               "DISPATCHER_NAMESPACE": settings.namespace}
         pod_url = f"http://127.0.0.1:{args.port}"
+        logs = data / "logs"
+        logs.mkdir(exist_ok=True)
         stack.enter_context(child([sys.executable, "-m", "dispatcher", "serve", "--host",
-                                   "127.0.0.1", "--port", str(args.port)], env, "pod"))
+                                   "127.0.0.1", "--port", str(args.port)], env, "pod",
+                                  logs / "pod.log"))
         wait_ready(pod_url)
-        stack.enter_context(child([sys.executable, "-m", "worker_bridge"], env, "result writer"))
+        stack.enter_context(child([sys.executable, "-m", "worker_bridge"], env, "result writer",
+                                  logs / "worker-bridge.log"))
         tokens = runner_tokens(settings, data, args.runners, args.spec)
         for name, token in tokens.items():
             stack.enter_context(child(
                 [sys.executable, "-m", "runner", "--url", pod_url, "--runner", name,
                  "--state-dir", str(data / "runners" / name)],
-                {**env, "DISPATCH_RUNNER_TOKEN": token}, f"runner {name}"))
-        print_banner(pod_url, url, given_url is None, settings, args.spec)
+                {**env, "DISPATCH_RUNNER_TOKEN": token}, f"runner {name}", logs / f"{name}.log"))
+        print_banner(pod_url, url, given_url is None, settings, args.spec, logs)
         return watch(settings, args.spec if args.demo else None)
     return 0
 
@@ -94,15 +99,20 @@ def embedded_valkey(data: Path) -> Iterator[str]:
                 break
             except redis.RedisError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"embedded Valkey did not start; see {data}/valkey.log")
+                    raise RuntimeError(
+                        f"embedded Valkey did not start; see {data}/valkey.log") from None
                 time.sleep(0.05)
         yield url
 
 
 @contextlib.contextmanager
-def child(argv: list[str], env: dict[str, str], label: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own session; SIGTERM (then SIGKILL) when the block ends."""
-    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+def child(argv: list[str], env: dict[str, str], label: str,
+          log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process in its own session, its output appended to ``log``; SIGTERM (then
+    SIGKILL) when the block ends."""
+    out = open(log, "ab") if log else None  # noqa: SIM115 - closed below, after the child
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=out,
+                            stderr=subprocess.STDOUT if out else None)
     try:
         yield proc
     finally:
@@ -114,6 +124,8 @@ def child(argv: list[str], env: dict[str, str], label: str) -> Iterator[subproce
                 print(f"{label} did not stop in {STOP_TIMEOUT:.0f}s; killing it", file=sys.stderr)
                 proc.kill()
                 proc.wait()
+        if out is not None:
+            out.close()
 
 
 def free_port() -> int:
@@ -126,10 +138,10 @@ def free_port() -> int:
 def wait_ready(pod_url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(pod_url + "/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(
+                pod_url + "/readyz", timeout=1) as response:
+            if response.status == 200:
+                return
         time.sleep(0.1)
     raise RuntimeError(f"the pod at {pod_url} did not become ready in {timeout:.0f}s")
 
@@ -166,17 +178,19 @@ def runner_tokens(settings: Settings, data: Path, count: int, spec: str) -> dict
 
 
 def print_banner(pod_url: str, redis_url: str, embedded: bool, settings: Settings,
-                 spec: str) -> None:
+                 spec: str, logs: Path) -> None:
     where = "embedded Valkey" if embedded else "Redis"
     ns = settings.namespace
     print(f"""
 dispatcher is up
   pod         {pod_url}   (runners connect to {pod_url}/v1/runners/NAME/channel)
   {where:<11} {redis_url}   namespace {ns}
+  logs        {logs}/
 
 submit a job from another terminal:
   DISPATCHER_REDIS_URL={redis_url} dispatcher submit --spec {spec} --wait -- echo hello
-  redis-cli -u {redis_url} FCALL dispatch_v1_submit 0 {ns} '' {spec} '{{"command":["uname","-a"]}}' 0 3600 1
+  redis-cli -u {redis_url} \\
+    FCALL dispatch_v1_submit 0 {ns} '' {spec} '{{"command":["uname","-a"]}}' 0 3600 1
 
 Ctrl-C stops everything. Job log:
 """, flush=True)
@@ -206,6 +220,6 @@ def print_event(fields: dict[str, Any]) -> None:
     stamp = time.strftime("%H:%M:%S", time.localtime(int(fields.get("ts", "0")) / 1000))
     event, job = fields.get("event", "?"), fields.get("job", "")
     details = " ".join(f"{k}={v}" for k, v in fields.items()
-                       if k not in ("event", "job", "ts") and v != "")
+                       if k not in ("event", "job", "ts", "id") and v != "")
     subject = job[:8] if job else "-"
     print(f"{stamp}  {subject:<8}  {event:<14} {details}", flush=True)
