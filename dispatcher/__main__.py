@@ -1,7 +1,8 @@
-"""`python -m dispatcher` is the `dispatcher` command."""
+"""`python -m dispatcher` runs its command."""
 
 import sys
 
 from dispatcher.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -168,6 +168,8 @@ class RunnerMachine:
             candidates.append(self._next_heartbeat)
         if s in (S.DRAINING, S.EXECUTING_OFFLINE) and self._cancel is None:
             candidates.append(self._drain_deadline)
+        if s is S.DISCONNECTED and self.draining:
+            candidates.append(self._delivery_deadline())
         return min((c for c in candidates if c is not None), default=None)
 
     # -- dispatch -------------------------------------------------------------------------------
@@ -198,6 +200,8 @@ class RunnerMachine:
 
     def _on_tick(self, now: float) -> State:
         s = self._state
+        if s is S.DISCONNECTED and self.draining and now >= self._delivery_deadline():
+            return self._give_up_delivery()
         if s in (S.DISCONNECTED, S.EXECUTING_OFFLINE):
             if self._drain_due(now):
                 self._stop_job("drain", "drain timeout")
@@ -309,7 +313,11 @@ class RunnerMachine:
         self._emit(PersistResult(message))  # durable before it is sent
         if self._state is not S.EXECUTING_OFFLINE:
             return self._send_terminal(message, now, S.AWAITING_ACK)
-        return self._exit(0) if self.draining else S.DISCONNECTED  # reconnect already scheduled
+        # the reconnect is already scheduled; a draining agent keeps trying to deliver the result
+        # until its delivery deadline
+        if self.draining and now >= self._delivery_deadline():
+            return self._give_up_delivery()
+        return S.DISCONNECTED
 
     def _on_shutdown(self, now: float) -> State:
         s = self._state
@@ -370,11 +378,28 @@ class RunnerMachine:
         return self._after_disconnect(now)
 
     def _after_disconnect(self, now: float, minimum: float = 0.0) -> State:
-        """The channel is gone and no job runs: exit if draining (the spool keeps any result)."""
+        """The channel is gone and no job runs. Reconnect later; a draining agent exits unless
+        it still holds a result it can deliver before its delivery deadline."""
         if self.draining:
-            return self._exit(0)
+            if self._held is None:
+                return self._exit(0)
+            if now >= self._delivery_deadline():
+                return self._give_up_delivery()
         self._reconnect_later(now, minimum=minimum)
         return S.DISCONNECTED
+
+    def _delivery_deadline(self) -> float:
+        """While draining: until when to keep trying to deliver a held result."""
+        if self._drain_deadline is None:
+            raise AssertionError("no delivery deadline while not draining")
+        return self._drain_deadline + self._cfg.ack_timeout
+
+    def _give_up_delivery(self) -> State:
+        """Draining ran out of time with an unacknowledged result: the spool keeps it for the
+        next start; exit non-zero so the operator can tell the result was not delivered."""
+        held = self._held.job if self._held is not None else "?"
+        log.error("shutting down without delivering the result of job %s (kept in the spool)", held)
+        return self._exit(EXIT_FORCED)
 
     def _reconnect_later(self, now: float, *, minimum: float = 0.0) -> None:
         delay = max(self._backoff.next_delay(), minimum)

@@ -52,7 +52,7 @@ S = State
 # state -> {input type (a server message's type for MessageReceived) -> states it may lead to}
 TRANSITIONS: dict[State, dict[type[object], frozenset[State]]] = {
     S.DISCONNECTED: {
-        Tick: _to(S.DISCONNECTED),
+        Tick: _to(S.DISCONNECTED, S.STOPPED),
         Connected: _to(S.RESENDING, S.POLLING),
         ConnectFailed: _to(S.DISCONNECTED, S.STOPPED),
         ShutdownRequested: _to(S.STOPPED),

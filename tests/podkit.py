@@ -59,13 +59,39 @@ async def start_pod(settings: Settings) -> RunningPod:
     return RunningPod(server, task, port)
 
 
+async def start_pod_on_port(settings: Settings, port: int = 0) -> RunningPod:
+    """Like ``start_pod``, on a given loopback port (0: any free one) bound with SO_REUSEADDR.
+
+    For a pod *restart*: a runner agent knows one URL, so a new pod bound to the port of a pod
+    that was just stopped is what that agent reconnects to. Start the first pod with this helper
+    too: the old pod's closed connections linger in TIME_WAIT, and Linux lets the new pod bind the
+    port only if those connections (which inherit it from their listening socket) and the new
+    socket all have SO_REUSEADDR.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    server = build_server(settings, port=port, signals=False, log_level="warning")
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(500):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+    assert server.started, "pod did not start"
+    return RunningPod(server, task, port)
+
+
 def add_runner(settings: Settings, name: str, specs: list[str]) -> str:
     """Register a runner straight through the Redis function; returns its token."""
     token = new_token()
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        functions.run_sync(client, functions.runner_add(Keys(settings.namespace), name,
-                                                        token_hash(token), specs))
+        functions.run_sync(
+            client, functions.runner_add(Keys(settings.namespace), name, token_hash(token), specs)
+        )
     finally:
         client.close()
     return token
@@ -115,7 +141,10 @@ class RawRunner:
 
 
 async def connect(pod: RunningPod, name: str, token: str, **kwargs: Any) -> RawRunner:
-    ws = await websockets.connect(pod.ws_url(name),
-                                  additional_headers={"Authorization": f"Bearer {token}"},
-                                  open_timeout=5, **kwargs)
+    ws = await websockets.connect(
+        pod.ws_url(name),
+        additional_headers={"Authorization": f"Bearer {token}"},
+        open_timeout=5,
+        **kwargs,
+    )
     return RawRunner(ws, name)

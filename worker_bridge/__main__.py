@@ -1,7 +1,8 @@
-"""`python -m worker_bridge` is the `worker-bridge` command."""
+"""`python -m worker_bridge` runs its command."""
 
 import sys
 
 from worker_bridge.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -104,6 +104,7 @@ OFFLINE_REFUSED = OFFLINE.then("executing, token refused twice", *REFUSED_TWICE)
 RECONNECTING = OFFLINE.then("reconnecting", (1, TICK))
 RECONNECTING_DRAINING = OFFLINE_DRAINING.then("reconnecting, draining", (1, TICK))
 RECONNECTING_CANCELING = OFFLINE_CANCELING.then("reconnecting, canceling", (1, TICK))
+HELD_DRAINING_OFFLINE = RESENDING_DRAINING.then("disconnected, draining, result held", (0, LOST))
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,11 @@ CASES = [
     Case(RESENDING, cancel(J0, 2, "lease_lost"), S.RESENDING, []),
     Case(RESENDING, TICK, S.RESENDING, [], now=ACK_DEADLINE - 0.1),
     Case(RESENDING, TICK, S.DISCONNECTED, [NO_ACK], now=ACK_DEADLINE),
-    Case(RESENDING_DRAINING, TICK, S.STOPPED, [NO_ACK, Exit(0)], now=ACK_DEADLINE),
+    Case(RESENDING_DRAINING, TICK, S.DISCONNECTED, [NO_ACK], now=ACK_DEADLINE),
+    Case(RESENDING_DRAINING, TICK, S.STOPPED, [NO_ACK, Exit(EXIT_FORCED)], now=100_000),
     Case(RESENDING, LOST, S.DISCONNECTED, []),
-    Case(RESENDING_DRAINING, LOST, S.STOPPED, [Exit(0)]),
+    Case(RESENDING_DRAINING, LOST, S.DISCONNECTED, []),
+    Case(RESENDING_DRAINING, LOST, S.STOPPED, [Exit(EXIT_FORCED)], now=100_000),
     Case(RESENDING, SHUTDOWN, S.RESENDING, []),
     Case(RESENDING_DRAINING, SHUTDOWN, S.STOPPED, [BYE, Exit(EXIT_FORCED)]),
     # -- polling ----------------------------------------------------------------------------------
@@ -188,7 +191,10 @@ CASES = [
     Case(RECONNECTING, ConnectFailed("refused"), S.EXECUTING_OFFLINE, []),
     Case(OFFLINE_REFUSED, AUTH, S.EXECUTING_OFFLINE, [], now=3),  # a running job is never abandoned
     Case(OFFLINE, JobFinished(OK), S.DISCONNECTED, [P(COMPLETED)]),
-    Case(OFFLINE_DRAINING, JobFinished(OK), S.STOPPED, [P(COMPLETED), Exit(0)]),
+    Case(OFFLINE_DRAINING, JobFinished(OK), S.DISCONNECTED, [P(COMPLETED)]),
+    Case(
+        OFFLINE_DRAINING, JobFinished(OK), S.STOPPED, [P(COMPLETED), Exit(EXIT_FORCED)], now=100_000
+    ),
     Case(OFFLINE, SHUTDOWN, S.EXECUTING_OFFLINE, []),
     Case(OFFLINE_DRAINING, SHUTDOWN, S.STOPPED, [Exit(EXIT_FORCED)]),
     # -- awaiting the terminal ack ----------------------------------------------------------------
@@ -200,10 +206,15 @@ CASES = [
     Case(AWAITING, cancel(J1, 1, "timeout"), S.AWAITING_ACK, []),
     Case(AWAITING, TICK, S.AWAITING_ACK, [], now=ACK_DEADLINE - 0.1),
     Case(AWAITING, TICK, S.DISCONNECTED, [NO_ACK], now=ACK_DEADLINE),
-    Case(AWAITING_DRAINING, TICK, S.STOPPED, [NO_ACK, Exit(0)], now=ACK_DEADLINE),
+    Case(AWAITING_DRAINING, TICK, S.DISCONNECTED, [NO_ACK], now=ACK_DEADLINE),
+    Case(AWAITING_DRAINING, TICK, S.STOPPED, [NO_ACK, Exit(EXIT_FORCED)], now=100_000),
     Case(AWAITING, LOST, S.DISCONNECTED, []),
     Case(AWAITING, ConnectionLost(1009, "too big"), S.DISCONNECTED, [P(BARE)]),
-    Case(AWAITING_DRAINING, LOST, S.STOPPED, [Exit(0)]),
+    Case(AWAITING_DRAINING, LOST, S.DISCONNECTED, []),
+    Case(AWAITING_DRAINING, LOST, S.STOPPED, [Exit(EXIT_FORCED)], now=100_000),
+    # a draining agent keeps trying to deliver a held result until its delivery deadline
+    Case(HELD_DRAINING_OFFLINE, TICK, S.DISCONNECTED, [Connect()], now=1.0),
+    Case(HELD_DRAINING_OFFLINE, TICK, S.STOPPED, [Exit(EXIT_FORCED)], now=100_000),
     Case(AWAITING, SHUTDOWN, S.AWAITING_ACK, []),
     Case(AWAITING_DRAINING, SHUTDOWN, S.STOPPED, [BYE, Exit(EXIT_FORCED)]),
 ]
