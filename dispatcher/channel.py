@@ -54,10 +54,14 @@ async def refusal(pod: Pod, runner: str, header: str | None) -> PlainTextRespons
     token = bearer_token(header)
     stored = await pod.redis.hget(pod.keys.runner(runner), "token_hash")
     expected = stored.encode() if isinstance(stored, str) else stored
-    if token is None or expected is None or not hmac.compare_digest(
-            expected, token_hash(token).encode()):
-        return PlainTextResponse("invalid runner token\n", status_code=401,
-                                 headers={"WWW-Authenticate": "Bearer"})
+    if (
+        token is None
+        or expected is None
+        or not hmac.compare_digest(expected, token_hash(token).encode())
+    ):
+        return PlainTextResponse(
+            "invalid runner token\n", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
     now = time.time()
     minute = int(now // 60)
     key = pod.keys.connect_rate(runner, minute)
@@ -67,8 +71,9 @@ async def refusal(pod: Pod, runner: str, header: str | None) -> PlainTextRespons
         attempts, _ = await pipe.execute()
     if int(attempts) > pod.settings.connect_rate:
         retry_after = str(max(1, int((minute + 1) * 60 - now + 0.999)))
-        return PlainTextResponse("too many connection attempts\n", status_code=429,
-                                 headers={"Retry-After": retry_after})
+        return PlainTextResponse(
+            "too many connection attempts\n", status_code=429, headers={"Retry-After": retry_after}
+        )
     return None
 
 
@@ -133,6 +138,7 @@ async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> N
     assert isinstance(message, messages.Ready)
     sock.session.fire(Event.READY)
     sock.rang = False
+    sock.prior = None  # rule 1: the ready script ends any attempt the record still holds
     info = messages.encoder.encode(message.runner).decode() if message.runner else ""
     mode = "try" if pod.settings.wake == "poll" else "wait"
     call = functions.ready(pod.keys, sock.runner, sock.conn, info, mode)
@@ -160,6 +166,7 @@ async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) ->
     reply = await functions.run(pod.redis, call)
     if reply["result"] == "ok":
         sock.session.start_job(message.job, message.attempt, Event.RUNNING)
+        sock.prior = None
         await sock.send(messages.Ack(job=message.job, of="running"))
     else:
         await _send_cancel(sock, message.job, message.attempt, reply["reason"])
@@ -176,8 +183,9 @@ async def on_heartbeat(pod: Pod, sock: RunnerSocket, message: messages.Message) 
 
 
 async def _send_cancel(sock: RunnerSocket, job: str, attempt: int, reason: str) -> None:
-    if sock.session.holds(job):
+    if sock.session.holds(job, attempt):
         sock.session.fire(Event.JOB_DONE)
+    sock.forget_prior(job)
     await sock.send(messages.Cancel(job=job, attempt=attempt, reason=reason))  # type: ignore[arg-type]
 
 
@@ -187,28 +195,50 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
     reply = await functions.run(pod.redis, finish_call(pod, sock, message))
     if reply["result"] in ("recorded", "duplicate"):
         await pod.enqueue(message.job, message.attempt, late=bool(reply.get("override")))
-    if sock.session.holds(message.job):
+    if sock.session.holds(message.job, message.attempt):
         sock.session.fire(Event.JOB_DONE)
+    sock.forget_prior(message.job)
     await sock.send(messages.Ack(job=message.job, of=_TERMINAL_EVENT[type(message)]))
 
 
 _TERMINAL_EVENT: dict[type, messages.AckOf] = {
-    messages.Completed: "completed", messages.Failed: "failed", messages.Canceled: "canceled"}
+    messages.Completed: "completed",
+    messages.Failed: "failed",
+    messages.Canceled: "canceled",
+}
 
 
-def finish_call(pod: Pod, sock: RunnerSocket,
-                message: messages.Completed | messages.Failed | messages.Canceled
-                ) -> functions.Call[dict[str, Any]]:
+def finish_call(
+    pod: Pod, sock: RunnerSocket, message: messages.Completed | messages.Failed | messages.Canceled
+) -> functions.Call[dict[str, Any]]:
     status = _TERMINAL_EVENT[type(message)]
     if isinstance(message, messages.Canceled):
-        return functions.finish(pod.keys, sock.runner, message.job, message.attempt, status,
-                                exit_code=None, results=None, stdout=None, stderr=None,
-                                error="canceled by the runner")
+        return functions.finish(
+            pod.keys,
+            sock.runner,
+            message.job,
+            message.attempt,
+            status,
+            exit_code=None,
+            results=None,
+            stdout=None,
+            stderr=None,
+            error="canceled by the runner",
+        )
     results = None if message.results is None else messages.encoder.encode(message.results).decode()
     error = message.error if isinstance(message, messages.Failed) else ""
-    return functions.finish(pod.keys, sock.runner, message.job, message.attempt, status,
-                            exit_code=message.exit_code, results=results, stdout=message.stdout,
-                            stderr=message.stderr, error=error)
+    return functions.finish(
+        pod.keys,
+        sock.runner,
+        message.job,
+        message.attempt,
+        status,
+        exit_code=message.exit_code,
+        results=results,
+        stdout=message.stdout,
+        stderr=message.stderr,
+        error=error,
+    )
 
 
 HANDLERS = {

@@ -50,7 +50,8 @@ COMMANDS: tuple[Register, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dispatcher", description="Redis job dispatcher for self-hosted CI runners.")
+        prog="dispatcher", description="Redis job dispatcher for self-hosted CI runners."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_options(parser, default=None)
     # the same options after the subcommand; SUPPRESS keeps them from resetting earlier values
@@ -63,10 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _global_options(parser: argparse.ArgumentParser, default: str | None) -> None:
-    parser.add_argument("--redis-url", default=default,
-                        help="Redis URL (default: $DISPATCHER_REDIS_URL or redis://127.0.0.1:6379/0)")
-    parser.add_argument("--namespace", default=default,
-                        help="key namespace (default: $DISPATCHER_NAMESPACE or dispatch)")
+    parser.add_argument(
+        "--redis-url",
+        default=default,
+        help="Redis URL (default: $DISPATCHER_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=default,
+        help="key namespace (default: $DISPATCHER_NAMESPACE or dispatch)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

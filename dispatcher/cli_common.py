@@ -21,8 +21,11 @@ def print_json(value: Any) -> None:
 
 def connect(settings: Settings) -> redis.Redis:
     """A sync connection for one CLI command (closed by the caller)."""
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                client_name=f"dispatcher-cli:{settings.namespace}")
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        client_name=f"dispatcher-cli:{settings.namespace}",
+    )
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

@@ -14,19 +14,29 @@ from dispatcher.settings import Settings
 
 
 def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
-    submit = subparsers.add_parser("submit", parents=[common], help="submit a job",
-                                   usage="%(prog)s --spec S [options] [-- CMD ARG...]")
+    submit = subparsers.add_parser(
+        "submit",
+        parents=[common],
+        help="submit a job",
+        usage="%(prog)s --spec S [options] [-- CMD ARG...]",
+    )
     submit.add_argument("--spec", required=True, help="runner spec the job needs")
     submit.add_argument("--priority", type=int, default=0, help="larger runs first (default 0)")
     submit.add_argument("--timeout", type=float, help="seconds, counted from start (3600)")
-    submit.add_argument("--max-attempts", type=int, default=1,
-                        help="attempts allowed when a runner is lost (default 1)")
+    submit.add_argument(
+        "--max-attempts",
+        type=int,
+        default=1,
+        help="attempts allowed when a runner is lost (default 1)",
+    )
     submit.add_argument("--payload", help="the job's JSON payload (an object when CMD is given)")
     add_json_flag(submit)
-    submit.add_argument("--wait", action="store_true",
-                        help="wait for a final state and print the job record")
-    submit.add_argument("command", nargs="*", metavar="CMD",
-                        help="command and arguments, stored as payload.command")
+    submit.add_argument(
+        "--wait", action="store_true", help="wait for a final state and print the job record"
+    )
+    submit.add_argument(
+        "command", nargs="*", metavar="CMD", help="command and arguments, stored as payload.command"
+    )
     submit.set_defaults(handler=submit_job)
 
     cancel = subparsers.add_parser("cancel", parents=[common], help="cancel a job")
@@ -64,8 +74,13 @@ def build_payload(payload_json: str | None, command: list[str]) -> Any:
 def submit_job(args: argparse.Namespace, settings: Settings) -> int:
     payload = build_payload(args.payload, args.command)
     with Client(settings) as client:
-        job_id = client.submit(args.spec, payload, priority=args.priority, timeout=args.timeout,
-                               max_attempts=args.max_attempts)
+        job_id = client.submit(
+            args.spec,
+            payload,
+            priority=args.priority,
+            timeout=args.timeout,
+            max_attempts=args.max_attempts,
+        )
         if not args.wait:
             print_json({"id": job_id}) if args.json else print(job_id)
             return 0
@@ -78,8 +93,10 @@ def submit_job(args: argparse.Namespace, settings: Settings) -> int:
     if record["status"] == "processed":
         return 0
     # a CI caller can chain on the exit status: anything but success is non-zero
-    print(f"dispatcher: job {job_id} {record['status']}: {record['error'] or ''}".rstrip(": "),
-          file=sys.stderr)
+    print(
+        f"dispatcher: job {job_id} {record['status']}: {record['error'] or ''}".rstrip(": "),
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -108,8 +125,11 @@ def show_job(args: argparse.Namespace, settings: Settings) -> int:
 
 def job_summary(record: dict[str, Any]) -> str:
     """A job record as aligned text lines; the output tails at the end."""
-    lines = [f"job       {record['id']}", f"spec      {record['spec']}",
-             f"status    {record['status']}"]
+    lines = [
+        f"job       {record['id']}",
+        f"spec      {record['spec']}",
+        f"status    {record['status']}",
+    ]
     if record["error"]:
         lines.append(f"error     {record['error']}")
     runner = f" on {record['runner']}" if record["runner"] else ""
@@ -151,8 +171,10 @@ def status_summary(s: dict[str, Any]) -> str:
     if s["specs"]:
         width = max(len(spec) for spec in s["specs"])
         lines.append(f"{'spec':<{width}}  pending  idle runners")
-        lines += [f"{spec:<{width}}  {v['pending']:>7}  {v['idle_runners']:>12}"
-                  for spec, v in s["specs"].items()]
+        lines += [
+            f"{spec:<{width}}  {v['pending']:>7}  {v['idle_runners']:>12}"
+            for spec, v in s["specs"].items()
+        ]
     if s["counters"]:
         lines.append("counters  " + " ".join(f"{k}={v}" for k, v in s["counters"].items()))
     return "\n".join(lines)

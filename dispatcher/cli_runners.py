@@ -16,8 +16,13 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 
     add = actions.add_parser("add", parents=[common], help="register a runner, print its token")
     add.add_argument("name", metavar="NAME")
-    add.add_argument("--spec", action="append", required=True, dest="specs",
-                     help="a spec the runner serves (repeat for several)")
+    add.add_argument(
+        "--spec",
+        action="append",
+        required=True,
+        dest="specs",
+        help="a spec the runner serves (repeat for several)",
+    )
     add_json_flag(add)
     add.set_defaults(handler=add_runner)
 
@@ -52,8 +57,17 @@ def list_runners(args: argparse.Namespace, settings: Settings) -> int:
         print("no runners")
         return 0
     header = ("NAME", "STATE", "SPECS", "POD", "JOB", "LAST SEEN")
-    rows = [header] + [(r["name"], r["state"], ",".join(r["specs"]), r["pod"] or "-",
-                        r["job"] or "-", r["last_seen"] or "-") for r in runners]
+    rows = [header] + [
+        (
+            r["name"],
+            r["state"],
+            ",".join(r["specs"]),
+            r["pod"] or "-",
+            r["job"] or "-",
+            r["last_seen"] or "-",
+        )
+        for r in runners
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))

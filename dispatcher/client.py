@@ -83,12 +83,14 @@ class Client:
         self.keys = Keys(settings.namespace)
         self._owned = redis_client is None
         if redis_client is None:
-            redis_client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                                client_name=_client_name(settings))
+            redis_client = redis.Redis.from_url(
+                settings.redis_url, decode_responses=True, client_name=_client_name(settings)
+            )
         self._redis = redis_client
         # rq stores pickled data and needs a connection that does not decode replies
-        self._rq_redis = redis.Redis.from_url(settings.redis_url,
-                                              client_name=_client_name(settings))
+        self._rq_redis = redis.Redis.from_url(
+            settings.redis_url, client_name=_client_name(settings)
+        )
         self._results = results.results_queue(self._rq_redis, self.keys)
 
     @classmethod
@@ -96,11 +98,19 @@ class Client:
         """A client configured by the ``DISPATCHER_*`` environment variables."""
         return cls(Settings.from_env())
 
-    def submit(self, spec: str, payload: Any = None, *, priority: int = 0,
-               timeout: float | None = None, max_attempts: int = 1) -> str:
+    def submit(
+        self,
+        spec: str,
+        payload: Any = None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        max_attempts: int = 1,
+    ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing."""
-        request = job_request(spec, payload, priority=priority, timeout=timeout,
-                              max_attempts=max_attempts)
+        request = job_request(
+            spec, payload, priority=priority, timeout=timeout, max_attempts=max_attempts
+        )
         return functions.run_sync(self._redis, request.call(self.keys))
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -141,8 +151,9 @@ class Client:
         finally:
             pubsub.close()
 
-    def events(self, job_id: str | None = None, *, since: str = "$",
-               block: float = 5.0) -> Iterator[EventEntry]:
+    def events(
+        self, job_id: str | None = None, *, since: str = "$", block: float = 5.0
+    ) -> Iterator[EventEntry]:
         """Follow the event stream (entries after ``since``; "0" = from the start), forever.
 
         Each entry is a dict of its fields plus ``id`` (the stream id); with ``job_id``, only that
@@ -176,8 +187,12 @@ class Client:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- helpers --------------------------------------------------------------------------------
@@ -201,8 +216,9 @@ class Client:
             pubsub.close()
             raise
 
-    def _next_notice(self, pubsub: redis.client.PubSub, job_id: str,
-                     deadline: float | None) -> None:
+    def _next_notice(
+        self, pubsub: redis.client.PubSub, job_id: str, deadline: float | None
+    ) -> None:
         """Return when ``job_id`` is announced or the re-check interval has passed."""
         until = time.monotonic() + self.recheck_interval
         while (left := until - time.monotonic()) > 0:
@@ -229,8 +245,13 @@ class AsyncClient:
 
     recheck_interval = RECHECK_INTERVAL
 
-    def __init__(self, settings: Settings, redis_client: redis.asyncio.Redis | None = None, *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_client: redis.asyncio.Redis | None = None,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         if max_connections < 2:
@@ -239,15 +260,22 @@ class AsyncClient:
         if redis_client is None:
             # a blocking pool makes callers queue for a connection instead of opening more
             pool = redis.asyncio.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=max_connections, timeout=None,
-                decode_responses=True, client_name=_client_name(settings))
+                settings.redis_url,
+                max_connections=max_connections,
+                timeout=None,
+                decode_responses=True,
+                client_name=_client_name(settings),
+            )
             redis_client = redis.asyncio.Redis(connection_pool=pool)
         self._redis = redis_client
         self._waiters = DoneWaiters(self._redis, self.keys.done_channel)
         # rq is synchronous and needs undecoded replies: its own small blocking pool, used from
         # worker threads
-        self._rq_redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=4, client_name=_client_name(settings)))
+        self._rq_redis = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=4, client_name=_client_name(settings)
+            )
+        )
         self._results = results.results_queue(self._rq_redis, self.keys)
 
     @classmethod
@@ -255,11 +283,19 @@ class AsyncClient:
         """A client configured by the ``DISPATCHER_*`` environment variables (a plain call)."""
         return cls(Settings.from_env())
 
-    async def submit(self, spec: str, payload: Any = None, *, priority: int = 0,
-                     timeout: float | None = None, max_attempts: int = 1) -> str:
+    async def submit(
+        self,
+        spec: str,
+        payload: Any = None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        max_attempts: int = 1,
+    ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing."""
-        request = job_request(spec, payload, priority=priority, timeout=timeout,
-                              max_attempts=max_attempts)
+        request = job_request(
+            spec, payload, priority=priority, timeout=timeout, max_attempts=max_attempts
+        )
         return await functions.run(self._redis, request.call(self.keys))
 
     async def get(self, job_id: str) -> dict[str, Any]:
@@ -295,14 +331,18 @@ class AsyncClient:
                 remaining = _remaining(deadline)
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(TIMEOUT_MESSAGE)
-                pause = self.recheck_interval if remaining is None else min(
-                    remaining, self.recheck_interval)
+                pause = (
+                    self.recheck_interval
+                    if remaining is None
+                    else min(remaining, self.recheck_interval)
+                )
                 # a timeout here is the slow re-check, or the deadline (raised on the next turn)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), pause)
 
-    async def events(self, job_id: str | None = None, *, since: str = "$",
-                     block: float = 5.0) -> AsyncIterator[EventEntry]:
+    async def events(
+        self, job_id: str | None = None, *, since: str = "$", block: float = 5.0
+    ) -> AsyncIterator[EventEntry]:
         """Follow the event stream like ``Client.events`` (holds one pool connection meanwhile)."""
         cursor = since
         while True:
@@ -325,8 +365,12 @@ class AsyncClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     # -- helpers --------------------------------------------------------------------------------

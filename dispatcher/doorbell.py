@@ -27,18 +27,25 @@ RETRY_MAX = 30.0
 class Doorbell:
     """Subscribe to ``channel`` and call ``on_bell(runner)`` for every message."""
 
-    def __init__(self, settings: Settings, channel: str, on_bell: Callable[[str], None],
-                 on_subscribed: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        channel: str,
+        on_bell: Callable[[str], None],
+        on_subscribed: Callable[[], Awaitable[None]],
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._settings = settings
         self._channel = channel
         self._on_bell = on_bell
         self._on_subscribed = on_subscribed
+        self._stopped = stopped
         self.live = False
 
     async def run(self) -> None:
         """Listen until cancelled, rebuilding the connection with jittered back-off."""
         delay = RETRY_MIN
-        while True:
+        while not self._stopped():
             try:
                 await self._listen()
             except asyncio.CancelledError:
@@ -54,11 +61,14 @@ class Doorbell:
 
     async def _listen(self) -> None:
         client = redis.asyncio.Redis.from_url(
-            self._settings.redis_url, socket_keepalive=True, health_check_interval=0)
+            self._settings.redis_url, socket_keepalive=True, health_check_interval=0
+        )
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
             async for message in pubsub.listen():
+                if self._stopped():
+                    return
                 await self._handle(message)
         finally:
             self.live = False

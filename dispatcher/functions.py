@@ -58,10 +58,20 @@ def _opt(value: str | None) -> str:
 # -- producer and registry ----------------------------------------------------------------------
 
 
-def submit(keys: Keys, job_id: str, spec: str, payload: str, priority: int, timeout: float,
-           max_attempts: int) -> Call[str]:
-    return Call(_fn("submit"), (keys.namespace, job_id, spec, payload, priority, timeout,
-                                max_attempts), _text)
+def submit(
+    keys: Keys,
+    job_id: str,
+    spec: str,
+    payload: str,
+    priority: int,
+    timeout: float,
+    max_attempts: int,
+) -> Call[str]:
+    return Call(
+        _fn("submit"),
+        (keys.namespace, job_id, spec, payload, priority, timeout, max_attempts),
+        _text,
+    )
 
 
 def cancel(keys: Keys, job_id: str, reason: str = "canceled") -> Call[bool]:
@@ -91,8 +101,9 @@ def detach(keys: Keys, runner: str, pod: str, conn: int) -> Call[int]:
     return Call(_fn("detach"), (keys.namespace, runner, pod, conn), _int)
 
 
-def ready(keys: Keys, runner: str, conn: int, info: str, mode: str = "wait"
-          ) -> Call[dict[str, Any]]:
+def ready(
+    keys: Keys, runner: str, conn: int, info: str, mode: str = "wait"
+) -> Call[dict[str, Any]]:
     """``mode`` 'wait' enters the idle sets when nothing is pending; 'try' only looks."""
     return Call(_fn("ready"), (keys.namespace, runner, conn, info, mode), _json)
 
@@ -113,12 +124,36 @@ def heartbeat(keys: Keys, runner: str, job_id: str, attempt: int) -> Call[dict[s
     return Call(_fn("heartbeat"), (keys.namespace, runner, job_id, attempt), _json)
 
 
-def finish(keys: Keys, runner: str, job_id: str, attempt: int, status: str, *,
-           exit_code: int | None, results: str | None, stdout: str | None,
-           stderr: str | None, error: str) -> Call[dict[str, Any]]:
+def finish(
+    keys: Keys,
+    runner: str,
+    job_id: str,
+    attempt: int,
+    status: str,
+    *,
+    exit_code: int | None,
+    results: str | None,
+    stdout: str | None,
+    stderr: str | None,
+    error: str,
+) -> Call[dict[str, Any]]:
     code = None if exit_code is None else str(exit_code)
-    return Call(_fn("finish"), (keys.namespace, runner, job_id, attempt, status, _opt(code),
-                                _opt(results), _opt(stdout), _opt(stderr), error), _json)
+    return Call(
+        _fn("finish"),
+        (
+            keys.namespace,
+            runner,
+            job_id,
+            attempt,
+            status,
+            _opt(code),
+            _opt(results),
+            _opt(stdout),
+            _opt(stderr),
+            error,
+        ),
+        _json,
+    )
 
 
 def tick(keys: Keys, pod: str, pod_ttl_ms: int, max_reap: int = 100) -> Call[dict[str, Any]]:

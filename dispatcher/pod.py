@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 CLOSE_GOING_AWAY = 1001
 CLOSE_REVOKED = 4001
 CLOSE_SUPERSEDED = 4002
+STOP_WAIT = 2.0
 IN_FLIGHT = frozenset({"claimed", "running"})
+REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
+REDIS_POOL_TIMEOUT = 10.0  # s a command may wait for a free connection before it fails
 
 
 def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
@@ -57,12 +60,26 @@ class Pod:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self.id = pod_id or uuid.uuid4().hex[:16]
-        self.redis = redis.asyncio.Redis.from_url(settings.redis_url, health_check_interval=30)
+        # A burst (a thousand runners connecting, or their long polls ending in the same second)
+        # must queue for a connection, not fail: redis-py's default pool raises past 100 in use.
+        self.redis = redis.asyncio.Redis.from_pool(
+            redis.asyncio.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=REDIS_POOL_SIZE,
+                timeout=REDIS_POOL_TIMEOUT,
+                health_check_interval=30,
+            )
+        )
         self._sync_redis = redis.Redis.from_url(settings.redis_url)
         self._queue = results_queue(self._sync_redis, self.keys)
         self.sockets: dict[str, RunnerSocket] = {}
-        self.doorbell = Doorbell(settings, self.keys.pod_channel(self.id), self._on_bell,
-                                 self._on_subscribed)
+        self.doorbell = Doorbell(
+            settings,
+            self.keys.pod_channel(self.id),
+            self._on_bell,
+            self._on_subscribed,
+            lambda: self._stopped,
+        )
         self._observing: dict[str, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -74,9 +91,11 @@ class Pod:
     async def start(self) -> None:
         """Load the library, publish the timeouts the scripts use, join the pod set."""
         await functions.load_library(self.redis)
-        cfg: dict[str | bytes, float] = {"start_timeout": self.settings.start_timeout,
-               "lease_timeout": self.settings.lease_timeout,
-               "timeout_grace": self.settings.timeout_grace}
+        cfg: dict[str | bytes, float] = {
+            "start_timeout": self.settings.start_timeout,
+            "lease_timeout": self.settings.lease_timeout,
+            "timeout_grace": self.settings.timeout_grace,
+        }
         await self.redis.hset(self.keys.config, mapping=cfg)  # type: ignore[arg-type]
         await self.redis.set(self.keys.schema, 1, nx=True)
         await self.tick()
@@ -88,8 +107,10 @@ class Pod:
         """Refuse new channels and close every open one with 1001; jobs keep their leases."""
         self.stopping = True
         sockets = list(self.sockets.values())
-        await asyncio.gather(*(s.close(CLOSE_GOING_AWAY, "dispatcher pod shutting down")
-                               for s in sockets), return_exceptions=True)
+        await asyncio.gather(
+            *(s.close(CLOSE_GOING_AWAY, "dispatcher pod shutting down") for s in sockets),
+            return_exceptions=True,
+        )
         for sock in sockets:
             await self.detach(sock)
 
@@ -101,7 +122,10 @@ class Pod:
         await self.close_sockets()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # bounded: a cancellation lost inside redis-py's timeout wrapper (CPython gh-86296) must
+        # not hang the shutdown; the loops also stop on their own once they see _stopped
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_WAIT)
         try:
             await functions.run(self.redis, functions.pod_stop(self.keys, self.id))
         except redis.RedisError as exc:
@@ -129,6 +153,8 @@ class Pod:
         """Record a new connection of ``runner`` here; a previous one is superseded (4002)."""
         reply = await functions.run(self.redis, functions.attach(self.keys, runner, self.id))
         sock = RunnerSocket(runner, int(reply["conn"]), ws)
+        if reply.get("job"):
+            sock.prior = (reply["job"], int(reply["attempt"]))
         old = self.sockets.get(runner)
         self.sockets[runner] = sock
         if old is not None:
@@ -140,8 +166,9 @@ class Pod:
         if self.sockets.get(sock.runner) is sock:
             del self.sockets[sock.runner]
         try:
-            await functions.run(self.redis, functions.detach(self.keys, sock.runner, self.id,
-                                                             sock.conn))
+            await functions.run(
+                self.redis, functions.detach(self.keys, sock.runner, self.id, sock.conn)
+            )
         except redis.RedisError as exc:
             log.warning("detach of %s failed (its pod entry expires): %s", sock.runner, exc)
 
@@ -166,7 +193,8 @@ class Pod:
         loop = asyncio.get_running_loop()
         delay = min(self.settings.poll_interval, max(0.0, deadline - loop.time()))
         sock.poll_timer = loop.call_later(
-            delay, lambda: self.spawn(self._poll_try(sock, poll, deadline)))
+            delay, lambda: self.spawn(self._poll_try(sock, poll, deadline))
+        )
 
     async def _poll_try(self, sock: RunnerSocket, poll: int, deadline: float) -> None:
         """The polling baseline: ask Redis for a job once per poll interval."""
@@ -191,8 +219,9 @@ class Pod:
         """The long poll expired: send a job assigned a moment earlier, or `no_job`."""
         if sock.closed or sock.session.state is not State.POLLING or sock.session.poll != poll:
             return
-        reply = await functions.run(self.redis,
-                                    functions.poll_end(self.keys, sock.runner, sock.conn))
+        reply = await functions.run(
+            self.redis, functions.poll_end(self.keys, sock.runner, sock.conn)
+        )
         if sock.session.state is not State.POLLING or sock.session.poll != poll:
             return  # a doorbell delivered the job meanwhile
         if reply["result"] == "job":
@@ -228,9 +257,11 @@ class Pod:
 
     async def _observe_once(self, runner: str) -> None:
         sock = self.sockets.get(runner)
-        local_job = sock.session.job if sock is not None else ""
-        reply = await functions.run(self.redis,
-                                    functions.observe(self.keys, self.id, runner, local_job))
+        watched = sock.watched_job() if sock is not None else None
+        local_job = watched[0] if watched else ""
+        reply = await functions.run(
+            self.redis, functions.observe(self.keys, self.id, runner, local_job)
+        )
         if sock is None or sock.closed or self.sockets.get(runner) is not sock:
             return
         if not reply["exists"]:
@@ -241,22 +272,25 @@ class Pod:
             sock.rang = True  # the ready handler looks again once it knows the outcome
         elif sock.session.state is State.POLLING and reply.get("offer"):
             await self.deliver(sock, reply["offer"])
-        elif sock.session.state is State.IN_FLIGHT and sock.session.job == local_job:
-            await self._check_in_flight(sock, reply.get("local") or {})
+        elif watched is not None and sock.watched_job() == watched:
+            await self._check_watched(sock, watched, reply.get("local") or {})
 
-    async def _check_in_flight(self, sock: RunnerSocket, job: dict[str, Any]) -> None:
+    async def _check_watched(
+        self, sock: RunnerSocket, watched: tuple[str, int], job: dict[str, Any]
+    ) -> None:
         """Push `cancel` when the connection's job was canceled or its attempt was lost."""
-        ours = job.get("runner") == sock.runner and job.get("attempt") == sock.session.attempt
+        job_id, attempt = watched
+        ours = job.get("runner") == sock.runner and job.get("attempt") == attempt
         status = job.get("status", "")
         if ours and status in IN_FLIGHT | {"completed", "processed"}:
             return
         reason = job.get("cancel_reason") if ours and status == "canceled" else "lease_lost"
         if reason not in ("canceled", "timeout"):
             reason = "lease_lost"
-        cancel = messages.Cancel(job=sock.session.job, attempt=sock.session.attempt,
-                                 reason=reason)  # type: ignore[arg-type]
-        sock.session.fire(Event.JOB_DONE)
-        await sock.send(cancel)
+        if sock.session.holds(job_id, attempt):
+            sock.session.fire(Event.JOB_DONE)
+        sock.forget_prior(job_id)
+        await sock.send(messages.Cancel(job=job_id, attempt=attempt, reason=reason))  # type: ignore[arg-type]
 
     async def reconcile(self) -> None:
         """Tick once now (used after every (re)subscribe)."""
@@ -274,7 +308,7 @@ class Pod:
             self.spawn(self.observe(runner))
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self.settings.reconcile_interval)
             try:
                 await self.tick()

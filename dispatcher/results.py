@@ -24,8 +24,7 @@ def results_queue(connection: redis.Redis, keys: Keys) -> Queue:
     return Queue(keys.results_queue, connection=connection)
 
 
-def enqueue_result(queue: Queue, keys: Keys, job_id: str, attempt: int,
-                   late: bool = False) -> bool:
+def enqueue_result(queue: Queue, keys: Keys, job_id: str, attempt: int, late: bool = False) -> bool:
     """Queue the result task of one attempt; False when it was queued before."""
     try:
         queue.enqueue_call(

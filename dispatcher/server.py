@@ -15,12 +15,30 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from dispatcher.app import create_app
 from dispatcher.pod import Pod
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ChannelProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, except that a text frame that is not UTF-8 is
+    closed 1007 *with a reason*: PROTOCOL.md says every close carries one, and uvicorn's own
+    handling of that case sends none (and never reaches the application)."""
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                self.conn.send_close(1007, "text frame is not valid UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
 
 
 class PodServer(uvicorn.Server):
@@ -57,15 +75,21 @@ class PodServer(uvicorn.Server):
         self.should_exit = True
 
 
-def build_server(settings: Settings, host: str = "127.0.0.1", port: int = 8080, *,
-                 signals: bool = True, **uvicorn_options: Any) -> PodServer:
+def build_server(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    signals: bool = True,
+    **uvicorn_options: Any,
+) -> PodServer:
     """A ready-to-run server for one pod (tests run it in-process on a pre-bound socket)."""
     pod = Pod(settings)
     config = uvicorn.Config(
         create_app(settings, pod),
         host=host,
         port=port,
-        ws="websockets-sansio",
+        ws=ChannelProtocol,
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,

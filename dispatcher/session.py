@@ -85,5 +85,6 @@ class Session:
         self.fire(event)
         self.job, self.attempt = job, attempt
 
-    def holds(self, job: str) -> bool:
-        return self.state is State.IN_FLIGHT and self.job == job
+    def holds(self, job: str, attempt: int) -> bool:
+        """Whether this exact attempt is the connection's job in flight."""
+        return self.state is State.IN_FLIGHT and (self.job, self.attempt) == (job, attempt)

@@ -41,8 +41,16 @@ class Settings:
             raise ConfigError(
                 f"namespace {self.namespace!r} must be 1-64 characters of A-Z a-z 0-9 _ -"
             )
-        for name in ("start_timeout", "lease_timeout", "heartbeat_interval", "reconcile_interval",
-                     "ping_interval", "ping_timeout", "poll_interval", "pod_ttl"):
+        for name in (
+            "start_timeout",
+            "lease_timeout",
+            "heartbeat_interval",
+            "reconcile_interval",
+            "ping_interval",
+            "ping_timeout",
+            "poll_interval",
+            "pod_ttl",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.timeout_grace < 0 or self.job_retention < 0:

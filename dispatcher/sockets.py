@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from starlette.websockets import WebSocket, WebSocketState
 
 from dispatcher import messages
-from dispatcher.session import Session
+from dispatcher.session import Session, State
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ class RunnerSocket:
     poll_timer: asyncio.TimerHandle | None = None
     closed: bool = False
     rang: bool = False  # a doorbell came while `ready` was being answered
+    # The job the runner record held when this connection opened: the runner may still be
+    # executing it before it re-attaches with `running`, so a cancel must reach it meanwhile.
+    prior: tuple[str, int] | None = None
 
     async def send(self, message: messages.Message) -> None:
         """Send one frame; a socket already closing swallows it (the runner will re-attach)."""
@@ -46,6 +49,16 @@ class RunnerSocket:
                 await self.ws.close(code=code, reason=reason[:123])
             except (RuntimeError, OSError) as exc:
                 log.debug("close of %s failed: %s", self.runner, exc)
+
+    def forget_prior(self, job: str) -> None:
+        if self.prior is not None and self.prior[0] == job:
+            self.prior = None
+
+    def watched_job(self) -> tuple[str, int] | None:
+        """The job whose cancellation this connection must push: in flight, or held before."""
+        if self.session.state is State.IN_FLIGHT:
+            return self.session.job, self.session.attempt
+        return self.prior
 
     def cancel_poll_timer(self) -> None:
         if self.poll_timer is not None:

@@ -28,8 +28,11 @@ Plan = Generator[list[Command], list[Any], dict[str, Any]]
 
 def status_plan(keys: Keys) -> Plan:
     """Two round trips: what exists (specs, runners, the clock), then everything counted."""
-    clock, specs_raw, runners_raw = yield [("TIME",), ("SMEMBERS", keys.specs),
-                                           ("SMEMBERS", keys.runners)]
+    clock, specs_raw, runners_raw = yield [
+        ("TIME",),
+        ("SMEMBERS", keys.specs),
+        ("SMEMBERS", keys.runners),
+    ]
     now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
     specs, runners = sorted(map(_text, specs_raw)), sorted(map(_text, runners_raw))
     queue = keys.results_queue
@@ -45,21 +48,31 @@ def status_plan(keys: Keys) -> Plan:
         ("ZCARD", FailedJobRegistry.key_template.format(queue)),
     ]
     n = len(specs)
-    pending, idle, states = replies[:n], replies[n:2 * n], replies[2 * n:2 * n + len(runners)]
-    pods, leases, counters, queued, scheduled, failed = replies[2 * n + len(runners):]
+    pending, idle, states = replies[:n], replies[n : 2 * n], replies[2 * n : 2 * n + len(runners)]
+    pods, leases, counters, queued, scheduled, failed = replies[2 * n + len(runners) :]
     by_state = Counter(_text(state) if state else "offline" for state in states)
     return {
         "namespace": keys.namespace,
         "time": rfc3339(now_ms),
-        "specs": {spec: {"pending": int(p), "idle_runners": int(i)}
-                  for spec, p, i in zip(specs, pending, idle, strict=True)},
-        "runners": {"total": len(runners), "idle": by_state["idle"], "busy": by_state["busy"],
-                    "offline": by_state["offline"]},
+        "specs": {
+            spec: {"pending": int(p), "idle_runners": int(i)}
+            for spec, p, i in zip(specs, pending, idle, strict=True)
+        },
+        "runners": {
+            "total": len(runners),
+            "idle": by_state["idle"],
+            "busy": by_state["busy"],
+            "offline": by_state["offline"],
+        },
         "pods": sorted(map(_text, pods)),
         "leases": int(leases),
         "counters": {_text(k): int(v) for k, v in sorted(counters.items())},
-        "results": {"queue": queue, "queued": int(queued), "retrying": int(scheduled),
-                    "failed": int(failed)},
+        "results": {
+            "queue": queue,
+            "queued": int(queued),
+            "retrying": int(scheduled),
+            "failed": int(failed),
+        },
     }
 
 
@@ -89,8 +102,9 @@ async def read_status_async(client: redis.asyncio.Redis, keys: Keys) -> dict[str
             return dict(done.value)
 
 
-def _queue(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
-           batch: Sequence[Command]) -> None:
+def _queue(
+    pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, batch: Sequence[Command]
+) -> None:
     for command in batch:
         pipe.execute_command(*command)
 

@@ -40,12 +40,25 @@ class JobRequest:
     max_attempts: int
 
     def call(self, keys: Keys) -> functions.Call[str]:
-        return functions.submit(keys, self.job_id, self.spec, self.payload, self.priority,
-                                self.timeout, self.max_attempts)
+        return functions.submit(
+            keys,
+            self.job_id,
+            self.spec,
+            self.payload,
+            self.priority,
+            self.timeout,
+            self.max_attempts,
+        )
 
 
-def job_request(spec: str, payload: Any = None, *, priority: int = 0,
-                timeout: float | None = None, max_attempts: int = 1) -> JobRequest:
+def job_request(
+    spec: str,
+    payload: Any = None,
+    *,
+    priority: int = 0,
+    timeout: float | None = None,
+    max_attempts: int = 1,
+) -> JobRequest:
     """Validate a submission (``payload=None`` means ``{}``); raise ValueError/TypeError."""
     return JobRequest(
         job_id=str(uuid.uuid4()),
@@ -62,7 +75,8 @@ def check_spec(spec: Any) -> str:
         raise TypeError(f"spec must be a string, not {type(spec).__name__}")
     if not SPEC_RE.match(spec):
         raise ValueError(
-            f"invalid spec {spec!r}: 1-128 characters of letters, digits and . _ / @ + -")
+            f"invalid spec {spec!r}: 1-128 characters of letters, digits and . _ / @ + -"
+        )
     return spec
 
 

@@ -35,15 +35,20 @@ STOP_TIMEOUT = 20.0
 
 
 def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("up", parents=[common],
-                                   help="run the whole system on this machine")
+    parser = subparsers.add_parser(
+        "up", parents=[common], help="run the whole system on this machine"
+    )
     parser.add_argument("--runners", type=int, default=1, help="local runners to start (1)")
     parser.add_argument("--spec", default="local", help="spec of the local runners (local)")
     parser.add_argument("--port", type=int, default=8000, help="port of the pod (8000)")
-    parser.add_argument("--data-dir", default=".dispatcher",
-                        help="where Valkey data, runner tokens and spools live (.dispatcher)")
-    parser.add_argument("--demo", action="store_true",
-                        help="also submit sample jobs and show how each ended")
+    parser.add_argument(
+        "--data-dir",
+        default=".dispatcher",
+        help="where Valkey data, runner tokens and spools live (.dispatcher)",
+    )
+    parser.add_argument(
+        "--demo", action="store_true", help="also submit sample jobs and show how each ended"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -56,23 +61,60 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with contextlib.ExitStack() as stack:
         url = given_url or stack.enter_context(embedded_valkey(data / "valkey"))
         settings = Settings.from_env(redis_url=url, namespace=settings.namespace)
-        env = {**os.environ, "DISPATCHER_REDIS_URL": url,
-               "DISPATCHER_NAMESPACE": settings.namespace}
+        env = {
+            **os.environ,
+            "DISPATCHER_REDIS_URL": url,
+            "DISPATCHER_NAMESPACE": settings.namespace,
+        }
         pod_url = f"http://127.0.0.1:{args.port}"
         logs = data / "logs"
         logs.mkdir(exist_ok=True)
-        stack.enter_context(child([sys.executable, "-m", "dispatcher", "serve", "--host",
-                                   "127.0.0.1", "--port", str(args.port)], env, "pod",
-                                  logs / "pod.log"))
+        stack.enter_context(
+            child(
+                [
+                    sys.executable,
+                    "-m",
+                    "dispatcher",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(args.port),
+                ],
+                env,
+                "pod",
+                logs / "pod.log",
+            )
+        )
         wait_ready(pod_url)
-        stack.enter_context(child([sys.executable, "-m", "worker_bridge"], env, "result writer",
-                                  logs / "worker-bridge.log"))
+        stack.enter_context(
+            child(
+                [sys.executable, "-m", "worker_bridge"],
+                env,
+                "result writer",
+                logs / "worker-bridge.log",
+            )
+        )
         tokens = runner_tokens(settings, data, args.runners, args.spec)
         for name, token in tokens.items():
-            stack.enter_context(child(
-                [sys.executable, "-m", "runner", "--url", pod_url, "--runner", name,
-                 "--state-dir", str(data / "runners" / name)],
-                {**env, "DISPATCH_RUNNER_TOKEN": token}, f"runner {name}", logs / f"{name}.log"))
+            stack.enter_context(
+                child(
+                    [
+                        sys.executable,
+                        "-m",
+                        "runner",
+                        "--url",
+                        pod_url,
+                        "--runner",
+                        name,
+                        "--state-dir",
+                        str(data / "runners" / name),
+                    ],
+                    {**env, "DISPATCH_RUNNER_TOKEN": token},
+                    f"runner {name}",
+                    logs / f"{name}.log",
+                )
+            )
         print_banner(pod_url, url, given_url is None, settings, args.spec, logs)
         return watch(settings, args.spec if args.demo else None)
     return 0
@@ -88,8 +130,21 @@ def embedded_valkey(data: Path) -> Iterator[str]:
 
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [str(get_binary_path()), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-            "--appendonly", "yes", "--save", "60 1", "--logfile", str(data / "valkey.log")]
+    argv = [
+        str(get_binary_path()),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data),
+        "--appendonly",
+        "yes",
+        "--save",
+        "60 1",
+        "--logfile",
+        str(data / "valkey.log"),
+    ]
     url = f"redis://127.0.0.1:{port}/0"
     with child(argv, dict(os.environ), "valkey"):
         deadline = time.monotonic() + 15
@@ -100,19 +155,22 @@ def embedded_valkey(data: Path) -> Iterator[str]:
             except redis.RedisError:
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"embedded Valkey did not start; see {data}/valkey.log") from None
+                        f"embedded Valkey did not start; see {data}/valkey.log"
+                    ) from None
                 time.sleep(0.05)
         yield url
 
 
 @contextlib.contextmanager
-def child(argv: list[str], env: dict[str, str], label: str,
-          log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def child(
+    argv: list[str], env: dict[str, str], label: str, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """A child process in its own session, its output appended to ``log``; SIGTERM (then
     SIGKILL) when the block ends."""
     out = open(log, "ab") if log else None  # noqa: SIM115 - closed below, after the child
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=out,
-                            stderr=subprocess.STDOUT if out else None)
+    proc = subprocess.Popen(
+        argv, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None
+    )
     try:
         yield proc
     finally:
@@ -138,8 +196,10 @@ def free_port() -> int:
 def wait_ready(pod_url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(
-                pod_url + "/readyz", timeout=1) as response:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(pod_url + "/readyz", timeout=1) as response,
+        ):
             if response.status == 200:
                 return
         time.sleep(0.1)
@@ -177,11 +237,13 @@ def runner_tokens(settings: Settings, data: Path, count: int, spec: str) -> dict
 # -- output -------------------------------------------------------------------------------------
 
 
-def print_banner(pod_url: str, redis_url: str, embedded: bool, settings: Settings,
-                 spec: str, logs: Path) -> None:
+def print_banner(
+    pod_url: str, redis_url: str, embedded: bool, settings: Settings, spec: str, logs: Path
+) -> None:
     where = "embedded Valkey" if embedded else "Redis"
     ns = settings.namespace
-    print(f"""
+    print(
+        f"""
 dispatcher is up
   pod         {pod_url}   (runners connect to {pod_url}/v1/runners/NAME/channel)
   {where:<11} {redis_url}   namespace {ns}
@@ -193,7 +255,9 @@ submit a job from another terminal:
     FCALL dispatch_v1_submit 0 {ns} '' {spec} '{{"command":["uname","-a"]}}' 0 3600 1
 
 Ctrl-C stops everything. Job log:
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 def watch(settings: Settings, demo_spec: str | None) -> int:
@@ -219,7 +283,8 @@ def watch(settings: Settings, demo_spec: str | None) -> int:
 def print_event(fields: dict[str, Any]) -> None:
     stamp = time.strftime("%H:%M:%S", time.localtime(int(fields.get("ts", "0")) / 1000))
     event, job = fields.get("event", "?"), fields.get("job", "")
-    details = " ".join(f"{k}={v}" for k, v in fields.items()
-                       if k not in ("event", "job", "ts", "id") and v != "")
+    details = " ".join(
+        f"{k}={v}" for k, v in fields.items() if k not in ("event", "job", "ts", "id") and v != ""
+    )
     subject = job[:8] if job else "-"
     print(f"{stamp}  {subject:<8}  {event:<14} {details}", flush=True)

@@ -41,8 +41,15 @@ def keys(namespace: str) -> Keys:
 @pytest.fixture
 def settings(redis_url: str, namespace: str) -> Settings:
     """Short timeouts so lease and deadline tests run in seconds."""
-    return Settings(redis_url=redis_url, namespace=namespace, reconcile_interval=0.2,
-                    heartbeat_interval=0.5, ping_interval=5, ping_timeout=5, pod_ttl=3)
+    return Settings(
+        redis_url=redis_url,
+        namespace=namespace,
+        reconcile_interval=0.2,
+        heartbeat_interval=0.5,
+        ping_interval=5,
+        ping_timeout=5,
+        pod_ttl=3,
+    )
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ SPEC = "linux"
 class FakePod:
     """One live fake pod holding one connected runner of ``specs``."""
 
-    def __init__(self, rclient: redis.Redis, keys: Keys, runner: str = "r1",
-                 specs: tuple[str, ...] = (SPEC,)) -> None:
+    def __init__(
+        self, rclient: redis.Redis, keys: Keys, runner: str = "r1", specs: tuple[str, ...] = (SPEC,)
+    ) -> None:
         self.rclient, self.keys, self.runner = rclient, keys, runner
         functions.run_sync(rclient, functions.tick(keys, POD, 60_000))
         admin.add_runner(rclient, keys, runner, list(specs))
@@ -30,24 +31,36 @@ class FakePod:
 
     def ready(self) -> dict[str, Any]:
         """The runner asks for work: the offer (result 'job') or {'result': 'idle'}."""
-        return functions.run_sync(self.rclient,
-                                  functions.ready(self.keys, self.runner, self.conn, ""))
+        return functions.run_sync(
+            self.rclient, functions.ready(self.keys, self.runner, self.conn, "")
+        )
 
     def take(self) -> tuple[str, int]:
         """Take the best pending job and start it; (job id, attempt)."""
         offer = self.ready()
         assert offer["result"] == "job", offer
         job_id, attempt = str(offer["job"]), int(offer["attempt"])
-        started = functions.run_sync(self.rclient,
-                                     functions.start(self.keys, self.runner, job_id, attempt))
+        started = functions.run_sync(
+            self.rclient, functions.start(self.keys, self.runner, job_id, attempt)
+        )
         assert started == {"result": "ok"}, started
         return job_id, attempt
 
-    def finish(self, job_id: str, attempt: int, status: str = "completed",
-               error: str = "") -> dict[str, Any]:
-        call = functions.finish(self.keys, self.runner, job_id, attempt, status,
-                                exit_code=0 if status == "completed" else 1, results="null",
-                                stdout="out\n", stderr=None, error=error)
+    def finish(
+        self, job_id: str, attempt: int, status: str = "completed", error: str = ""
+    ) -> dict[str, Any]:
+        call = functions.finish(
+            self.keys,
+            self.runner,
+            job_id,
+            attempt,
+            status,
+            exit_code=0 if status == "completed" else 1,
+            results="null",
+            stdout="out\n",
+            stderr=None,
+            error=error,
+        )
         return functions.run_sync(self.rclient, call)
 
     def run_next(self, status: str = "completed") -> tuple[str, int]:

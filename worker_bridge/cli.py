@@ -18,13 +18,19 @@ from dispatcher.settings import Settings
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="worker-bridge",
-        description="Record terminal job results from the namespace's rq results queue.")
-    parser.add_argument("--burst", action="store_true",
-                        help="process what is queued, then exit (rq's burst mode)")
+        description="Record terminal job results from the namespace's rq results queue.",
+    )
+    parser.add_argument(
+        "--burst", action="store_true", help="process what is queued, then exit (rq's burst mode)"
+    )
     parser.add_argument("--redis-url", help="Redis URL (default: $DISPATCHER_REDIS_URL)")
     parser.add_argument("--namespace", help="key namespace (default: $DISPATCHER_NAMESPACE)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default INFO",
+    )
     return parser
 
 
@@ -47,8 +53,11 @@ def run(settings: Settings, *, burst: bool = False, log_level: str = "INFO") -> 
     # job (~5 ms each), which would cap one worker near 200 results/s; the task is a few Redis
     # round trips of our own code, so isolation buys nothing and in-process execution keeps
     # ≥ 1,000 results/s within reach of one or two processes. Scale out by running more.
-    worker = SimpleWorker([keys.results_queue], connection=connection,
-                          name=f"{settings.namespace}-bridge-{uuid.uuid4().hex[:12]}")
+    worker = SimpleWorker(
+        [keys.results_queue],
+        connection=connection,
+        name=f"{settings.namespace}-bridge-{uuid.uuid4().hex[:12]}",
+    )
     # the scheduler moves results whose task failed back to the queue after their Retry delay
     worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
     return 0

@@ -30,8 +30,9 @@ EVENTS_MAXLEN = 10_000
 RECORDED_FIELD = "recorded_attempt"
 
 
-def process_result(namespace: str, job_id: str, attempt: int, *,
-                   connection: redis.Redis | None = None) -> str:
+def process_result(
+    namespace: str, job_id: str, attempt: int, *, connection: redis.Redis | None = None
+) -> str:
     """Record the result of ``job_id``'s ``attempt``; return the job's status afterwards.
 
     ``connection`` is for callers outside rq (tests, scripts); under rq it is the worker's.
@@ -69,9 +70,18 @@ def _record_once(conn: redis.Redis, keys: Keys, job_id: str, attempt: int, statu
         seconds, micros = pipe.time()
         pipe.multi()
         pipe.hset(job_key, RECORDED_FIELD, str(attempt))
-        pipe.xadd(keys.events, {"event": "recorded", "job": job_id, "attempt": str(attempt),
-                                "ts": str(seconds * 1000 + micros // 1000), "status": status},
-                  maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.xadd(
+            keys.events,
+            {
+                "event": "recorded",
+                "job": job_id,
+                "attempt": str(attempt),
+                "ts": str(seconds * 1000 + micros // 1000),
+                "status": status,
+            },
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
 
     conn.transaction(record, job_key)
 

@@ -569,8 +569,9 @@ local function fence(ns, name, id, attempt)
 end
 
 -- `running`/`heartbeat` on a job that is no longer ours: why, as a cancel reason.
+local PUSHED_REASONS = {canceled = true, timeout = true}
 local function lost_reason(j)
-  if j and j.status == 'canceled' and j.cancel_reason ~= '' then return j.cancel_reason end
+  if j and j.status == 'canceled' and PUSHED_REASONS[j.cancel_reason] then return j.cancel_reason end
   return 'lease_lost'
 end
 

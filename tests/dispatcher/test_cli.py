@@ -20,9 +20,25 @@ from dispatcher.tokens import token_hash
 from tests.jobflow import SPEC, FakePod
 
 DISPATCHER = str(Path(sys.executable).parent / "dispatcher")
-JOB_FIELDS = {"id", "spec", "status", "attempt", "runner", "priority", "timeout", "payload",
-              "error", "exit_code", "results", "created", "claimed", "started", "finished",
-              "stdout", "stderr"}
+JOB_FIELDS = {
+    "id",
+    "spec",
+    "status",
+    "attempt",
+    "runner",
+    "priority",
+    "timeout",
+    "payload",
+    "error",
+    "exit_code",
+    "results",
+    "created",
+    "claimed",
+    "started",
+    "finished",
+    "stdout",
+    "stderr",
+}
 
 
 class Cli:
@@ -69,30 +85,50 @@ def test_submit_command_becomes_payload_command(cli: Cli) -> None:
 
 
 def test_submit_sets_command_on_top_of_payload_and_options(cli: Cli) -> None:
-    job_id = cli.json("submit", "--spec", SPEC, "--priority", "-4", "--timeout", "90",
-                      "--max-attempts", "3", "--payload", '{"env": {"A": "1"}, "command": "x"}',
-                      "--json", "--", "sh", "-c", "exit 3")["id"]
+    job_id = cli.json(
+        "submit",
+        "--spec",
+        SPEC,
+        "--priority",
+        "-4",
+        "--timeout",
+        "90",
+        "--max-attempts",
+        "3",
+        "--payload",
+        '{"env": {"A": "1"}, "command": "x"}',
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    )["id"]
     record = cli.json("job", job_id, "--json")
     assert record["payload"] == {"env": {"A": "1"}, "command": ["sh", "-c", "exit 3"]}
     assert (record["priority"], record["timeout"], record["max_attempts"]) == (-4, 90, 3)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--payload", "[1, 2]", "--", "echo"], "must be a JSON object"),
-    (["--payload", "{nope"], "not valid JSON"),
-    (["--timeout", "0"], "timeout"),
-    (["--max-attempts", "0"], "max_attempts"),
-])
-def test_submit_refuses_bad_input_with_one_line(cli: Cli, rclient: redis.Redis, keys: Keys,
-                                                args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--payload", "[1, 2]", "--", "echo"], "must be a JSON object"),
+        (["--payload", "{nope"], "not valid JSON"),
+        (["--timeout", "0"], "timeout"),
+        (["--max-attempts", "0"], "max_attempts"),
+    ],
+)
+def test_submit_refuses_bad_input_with_one_line(
+    cli: Cli, rclient: redis.Redis, keys: Keys, args: list[str], message: str
+) -> None:
     code, out, err = cli("submit", "--spec", SPEC, *args)
     assert (code, out) == (1, "")
     assert message in err and err.count("\n") == 1
     assert not list(rclient.scan_iter(match=f"{keys.namespace}:*"))
 
 
-def test_submit_wait_prints_only_the_final_record(cli: Cli, rclient: redis.Redis,
-                                                  keys: Keys) -> None:
+def test_submit_wait_prints_only_the_final_record(
+    cli: Cli, rclient: redis.Redis, keys: Keys
+) -> None:
     pod = FakePod(rclient, keys)
 
     def fail_when_submitted() -> None:
@@ -130,8 +166,11 @@ def test_cancel_then_cancel_again(cli: Cli) -> None:
     job_id = cli.json("submit", "--spec", SPEC, "--json")["id"]
     assert cli("cancel", job_id)[:2] == (0, f"canceled {job_id}\n")
     assert cli("cancel", job_id)[:2] == (0, f"job {job_id} is already canceled\n")
-    assert cli.json("cancel", job_id, "--json") == {"id": job_id, "canceled": False,
-                                                    "status": "canceled"}
+    assert cli.json("cancel", job_id, "--json") == {
+        "id": job_id,
+        "canceled": False,
+        "status": "canceled",
+    }
 
 
 @pytest.mark.parametrize("command", ["job", "cancel"])
@@ -157,8 +196,9 @@ def test_status_json_and_text(cli: Cli, rclient: redis.Redis, keys: Keys) -> Non
 # -- runners -----------------------------------------------------------------------------------
 
 
-def test_runner_add_json_shape_and_stored_digest(cli: Cli, rclient: redis.Redis,
-                                                 keys: Keys) -> None:
+def test_runner_add_json_shape_and_stored_digest(
+    cli: Cli, rclient: redis.Redis, keys: Keys
+) -> None:
     added = cli.json("runner", "add", "r1", "--spec", "linux", "--spec", "mac", "--json")
     assert set(added) == {"name", "token", "specs"}
     assert (added["name"], added["specs"]) == ("r1", ["linux", "mac"])
@@ -191,9 +231,11 @@ def test_runner_list_and_revoke(cli: Cli) -> None:
 
 
 def test_global_options_also_work_after_the_subcommand(
-        redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["runner", "list", "--json", "--redis-url", redis_url,
-                 "--namespace", namespace]) == 0
+    redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["runner", "list", "--json", "--redis-url", redis_url, "--namespace", namespace]) == 0
+    )
     assert json.loads(capsys.readouterr().out) == []
 
 
@@ -211,14 +253,20 @@ def test_usage_errors_exit_with_2() -> None:
 
 def test_console_script_exit_statuses(redis_url: str, namespace: str) -> None:
     base = [DISPATCHER, "--redis-url", redis_url, "--namespace", namespace]
-    submitted = subprocess.run([*base, "submit", "--spec", SPEC, "--json", "--", "echo", "hi"],
-                               capture_output=True, text=True, timeout=30)
+    submitted = subprocess.run(
+        [*base, "submit", "--spec", SPEC, "--json", "--", "echo", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["id"]
-    unknown = subprocess.run([*base, "job", str(uuid.uuid4())], capture_output=True, text=True,
-                             timeout=30)
+    unknown = subprocess.run(
+        [*base, "job", str(uuid.uuid4())], capture_output=True, text=True, timeout=30
+    )
     assert (unknown.returncode, unknown.stdout) == (1, "")
     assert unknown.stderr.startswith("dispatcher: no such job")
-    shown = subprocess.run([*base, "job", job_id, "--json"], capture_output=True, text=True,
-                           timeout=30)
+    shown = subprocess.run(
+        [*base, "job", job_id, "--json"], capture_output=True, text=True, timeout=30
+    )
     assert json.loads(shown.stdout)["payload"]["command"] == ["echo", "hi"]

@@ -21,9 +21,25 @@ from dispatcher.settings import Settings
 from tests.jobflow import POD, SPEC, FakePod
 from worker_bridge.tasks import process_result
 
-CONTRACT_FIELDS = {"id", "spec", "status", "attempt", "runner", "priority", "timeout", "payload",
-                   "error", "exit_code", "results", "created", "claimed", "started", "finished",
-                   "stdout", "stderr"}
+CONTRACT_FIELDS = {
+    "id",
+    "spec",
+    "status",
+    "attempt",
+    "runner",
+    "priority",
+    "timeout",
+    "payload",
+    "error",
+    "exit_code",
+    "results",
+    "created",
+    "claimed",
+    "started",
+    "finished",
+    "stdout",
+    "stderr",
+}
 
 
 @pytest.fixture
@@ -75,29 +91,32 @@ def test_submit_keeps_payload_and_options(client: Client) -> None:
     assert (record["priority"], record["timeout"], record["max_attempts"]) == (-7, 1.5, 3)
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [
-    ({"spec": ""}, ValueError),
-    ({"spec": "has space"}, ValueError),
-    ({"spec": "x" * 129}, ValueError),
-    ({"spec": 5}, TypeError),
-    ({"payload": {"x": object()}}, TypeError),
-    ({"payload": {"x": math.nan}}, ValueError),
-    ({"payload": "x" * (1024 * 1024)}, ValueError),
-    ({"priority": 1.5}, TypeError),
-    ({"priority": True}, TypeError),
-    ({"priority": 2**60}, ValueError),
-    ({"timeout": 0}, ValueError),
-    ({"timeout": -1}, ValueError),
-    ({"timeout": math.inf}, ValueError),
-    ({"timeout": 31 * 24 * 3600}, ValueError),
-    ({"timeout": "60"}, TypeError),
-    ({"max_attempts": 0}, ValueError),
-    ({"max_attempts": 101}, ValueError),
-    ({"max_attempts": 2.0}, TypeError),
-])
-def test_bad_submit_input_raises_and_writes_nothing(client: Client, rclient: redis.Redis,
-                                                    keys: Keys, kwargs: dict[str, Any],
-                                                    error: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"spec": ""}, ValueError),
+        ({"spec": "has space"}, ValueError),
+        ({"spec": "x" * 129}, ValueError),
+        ({"spec": 5}, TypeError),
+        ({"payload": {"x": object()}}, TypeError),
+        ({"payload": {"x": math.nan}}, ValueError),
+        ({"payload": "x" * (1024 * 1024)}, ValueError),
+        ({"priority": 1.5}, TypeError),
+        ({"priority": True}, TypeError),
+        ({"priority": 2**60}, ValueError),
+        ({"timeout": 0}, ValueError),
+        ({"timeout": -1}, ValueError),
+        ({"timeout": math.inf}, ValueError),
+        ({"timeout": 31 * 24 * 3600}, ValueError),
+        ({"timeout": "60"}, TypeError),
+        ({"max_attempts": 0}, ValueError),
+        ({"max_attempts": 101}, ValueError),
+        ({"max_attempts": 2.0}, TypeError),
+    ],
+)
+def test_bad_submit_input_raises_and_writes_nothing(
+    client: Client, rclient: redis.Redis, keys: Keys, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
     args: dict[str, Any] = {"spec": SPEC, **kwargs}
     with pytest.raises(error, match=r"spec|payload|priority|timeout|max_attempts"):
         client.submit(args.pop("spec"), **args)
@@ -110,16 +129,17 @@ def test_get_of_an_unknown_job_raises_key_error(client: Client, job_id: str) -> 
         client.get(job_id)
 
 
-def test_ready_runner_takes_larger_priority_first_then_older(client: Client,
-                                                             rclient: redis.Redis,
-                                                             keys: Keys) -> None:
+def test_ready_runner_takes_larger_priority_first_then_older(
+    client: Client, rclient: redis.Redis, keys: Keys
+) -> None:
     low, high1, mid, high2, neg = (client.submit(SPEC, priority=p) for p in (0, 5, 1, 5, -3))
     pod = FakePod(rclient, keys)
     assert [pod.run_next()[0] for _ in range(5)] == [high1, high2, mid, low, neg]
 
 
-def test_submit_goes_straight_to_an_idle_runner(client: Client, rclient: redis.Redis,
-                                                keys: Keys) -> None:
+def test_submit_goes_straight_to_an_idle_runner(
+    client: Client, rclient: redis.Redis, keys: Keys
+) -> None:
     pod = FakePod(rclient, keys)
     assert pod.ready() == {"result": "idle"}
     record = client.get(client.submit(SPEC))
@@ -140,8 +160,9 @@ def test_cancel_pending_job_then_again(client: Client, raw: redis.Redis, keys: K
     assert queue.job_ids == [keys.result_job_id(job_id, 0)]
 
 
-def test_cancel_of_a_running_job_frees_its_runner(client: Client, rclient: redis.Redis,
-                                                  keys: Keys) -> None:
+def test_cancel_of_a_running_job_frees_its_runner(
+    client: Client, rclient: redis.Redis, keys: Keys
+) -> None:
     job_id = client.submit(SPEC)
     pod = FakePod(rclient, keys)
     pod.take()
@@ -150,8 +171,9 @@ def test_cancel_of_a_running_job_frees_its_runner(client: Client, rclient: redis
     assert rclient.sismember(keys.pod_inbox(POD), "r1")  # the pod is told to push `cancel`
 
 
-def test_cancel_of_a_final_job_returns_false(client: Client, rclient: redis.Redis,
-                                             keys: Keys) -> None:
+def test_cancel_of_a_final_job_returns_false(
+    client: Client, rclient: redis.Redis, keys: Keys
+) -> None:
     job_id = client.submit(SPEC)
     FakePod(rclient, keys).run_next("failed")
     assert client.cancel(job_id) is False
@@ -167,8 +189,9 @@ def test_cancel_of_an_unknown_job_raises_key_error(client: Client, job_id: str) 
 # -- wait --------------------------------------------------------------------------------------
 
 
-def test_wait_returns_once_the_result_is_processed(client: Client, rclient: redis.Redis,
-                                                   raw: redis.Redis, keys: Keys) -> None:
+def test_wait_returns_once_the_result_is_processed(
+    client: Client, rclient: redis.Redis, raw: redis.Redis, keys: Keys
+) -> None:
     job_id = client.submit(SPEC)
     pod = FakePod(rclient, keys)
 
@@ -212,8 +235,9 @@ def test_wait_for_an_unknown_job_raises_key_error(client: Client) -> None:
         client.wait(str(uuid.uuid4()), timeout=1)
 
 
-def test_wait_rechecks_when_a_notice_is_lost(client: Client, rclient: redis.Redis,
-                                             keys: Keys) -> None:
+def test_wait_rechecks_when_a_notice_is_lost(
+    client: Client, rclient: redis.Redis, keys: Keys
+) -> None:
     client.recheck_interval = 0.2
     job_id = client.submit(SPEC)
     # a status change without a PUBLISH, as if the message had been lost
@@ -235,8 +259,9 @@ def test_events_follow_one_job(client: Client) -> None:
     assert first["id"] < second["id"]
 
 
-def test_status_reports_what_the_keys_hold(client: Client, rclient: redis.Redis,
-                                           keys: Keys) -> None:
+def test_status_reports_what_the_keys_hold(
+    client: Client, rclient: redis.Redis, keys: Keys
+) -> None:
     client.submit("mac")
     client.submit("mac", priority=3)
     pod = FakePod(rclient, keys)
@@ -244,8 +269,10 @@ def test_status_reports_what_the_keys_hold(client: Client, rclient: redis.Redis,
     busy_job = client.submit(SPEC)
     snapshot = client.status()
     assert snapshot["namespace"] == keys.namespace
-    assert snapshot["specs"] == {"linux": {"pending": 0, "idle_runners": 0},
-                                 "mac": {"pending": 2, "idle_runners": 0}}
+    assert snapshot["specs"] == {
+        "linux": {"pending": 0, "idle_runners": 0},
+        "mac": {"pending": 2, "idle_runners": 0},
+    }
     assert snapshot["runners"] == {"total": 1, "idle": 0, "busy": 1, "offline": 0}
     assert snapshot["pods"] == [POD]
     assert snapshot["leases"] == 1
@@ -255,8 +282,9 @@ def test_status_reports_what_the_keys_hold(client: Client, rclient: redis.Redis,
     assert results == {"queue": keys.results_queue, "queued": 1, "retrying": 0, "failed": 0}
 
 
-def test_from_env_reads_the_environment(monkeypatch: pytest.MonkeyPatch, redis_url: str,
-                                        namespace: str) -> None:
+def test_from_env_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, namespace: str
+) -> None:
     monkeypatch.setenv("DISPATCHER_REDIS_URL", redis_url)
     monkeypatch.setenv("DISPATCHER_NAMESPACE", namespace)
     with Client.from_env() as c:
@@ -319,8 +347,8 @@ class ConnectionSampler:
 
 
 async def test_async_client_takes_1000_concurrent_submits_and_waits(
-        settings: Settings, rclient: redis.Redis, raw: redis.Redis, keys: Keys,
-        redis_url: str) -> None:
+    settings: Settings, rclient: redis.Redis, raw: redis.Redis, keys: Keys, redis_url: str
+) -> None:
     sampler = ConnectionSampler(redis_url, f"dispatcher-client:{keys.namespace}")
     async with AsyncClient(settings, max_connections=16) as client:
         ids = await asyncio.gather(*(client.submit(SPEC, {"n": n}) for n in range(1000)))
@@ -351,9 +379,9 @@ def kill_pubsub_connection(rclient: redis.Redis, name: str) -> None:
     rclient.client_kill_filter(_id=ids[0])
 
 
-async def test_async_waiters_survive_a_killed_subscription(settings: Settings,
-                                                           rclient: redis.Redis,
-                                                           keys: Keys) -> None:
+async def test_async_waiters_survive_a_killed_subscription(
+    settings: Settings, rclient: redis.Redis, keys: Keys
+) -> None:
     async with AsyncClient(settings) as client:
         client.recheck_interval = 60  # so only the done channel can wake the waiter in time
         job_id = await client.submit(SPEC)
@@ -371,8 +399,9 @@ async def test_async_waiters_survive_a_killed_subscription(settings: Settings,
         thread.join()
 
 
-def test_sync_wait_survives_a_killed_subscription(client: Client, rclient: redis.Redis,
-                                                  keys: Keys) -> None:
+def test_sync_wait_survives_a_killed_subscription(
+    client: Client, rclient: redis.Redis, keys: Keys
+) -> None:
     client.recheck_interval = 60
     job_id = client.submit(SPEC)
 
@@ -388,8 +417,9 @@ def test_sync_wait_survives_a_killed_subscription(client: Client, rclient: redis
     thread.join()  # cancel goes on to queue the result after the waiter has been told
 
 
-async def test_async_client_takes_1000_concurrent_cancels(settings: Settings, raw: redis.Redis,
-                                                          keys: Keys, redis_url: str) -> None:
+async def test_async_client_takes_1000_concurrent_cancels(
+    settings: Settings, raw: redis.Redis, keys: Keys, redis_url: str
+) -> None:
     sampler = ConnectionSampler(redis_url, f"dispatcher-client:{keys.namespace}")
     async with AsyncClient(settings, max_connections=8) as client:
         ids = await asyncio.gather(*(client.submit(SPEC) for _ in range(1000)))

@@ -24,8 +24,17 @@ def test_every_key_written_by_the_library_is_built_by_keys(rclient, keys: Keys):
     claimed = run(fn.submit(keys, "", "linux", "{}", 0, 60, 1))
     run(fn.cancel(keys, queued))
     expected = {
-        keys.job(queued), keys.job(claimed), keys.seq, keys.events, keys.stats, keys.specs,
-        keys.runner("r1"), keys.runners, keys.pods, keys.pod_runners(pod), keys.pod_inbox(pod),
+        keys.job(queued),
+        keys.job(claimed),
+        keys.seq,
+        keys.events,
+        keys.stats,
+        keys.specs,
+        keys.runner("r1"),
+        keys.runners,
+        keys.pods,
+        keys.pod_runners(pod),
+        keys.pod_inbox(pod),
         keys.leases,
     }
     assert _all_keys(rclient, keys.namespace) == expected

@@ -19,9 +19,22 @@ from dispatcher.up import free_port
 def _start_up(data: Path, *extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", "up", "--port", str(free_port()),
-         "--data-dir", str(data), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "up",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(data),
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
@@ -71,4 +84,4 @@ def test_demo_jobs_end_processed_failed_and_canceled_and_survive_a_restart(tmp_p
         client.close()
     finally:
         assert _stop(proc) == 0
-    assert sorted(statuses) == ["canceled", "failed", "processed"]
+    assert sorted(str(s) for s in statuses) == ["canceled", "failed", "processed"]

@@ -39,8 +39,11 @@ def submit(rclient: redis.Redis, keys: Keys, job_id: str = "", max_attempts: int
 
 def events(rclient: redis.Redis, keys: Keys, job_id: str, name: str) -> list[dict[str, str]]:
     entries: list[tuple[str, dict[str, str]]] = rclient.xrange(keys.events)  # type: ignore[assignment]
-    return [fields for _, fields in entries
-            if fields.get("job") == job_id and fields.get("event") == name]
+    return [
+        fields
+        for _, fields in entries
+        if fields.get("job") == job_id and fields.get("event") == name
+    ]
 
 
 def completed_job(rclient: redis.Redis, keys: Keys) -> tuple[str, int]:
@@ -48,10 +51,11 @@ def completed_job(rclient: redis.Redis, keys: Keys) -> tuple[str, int]:
     return FakePod(rclient, keys).run_next("completed")
 
 
-def test_completed_becomes_processed_once(rclient: redis.Redis, raw: redis.Redis,
-                                          keys: Keys) -> None:
+def test_completed_becomes_processed_once(
+    rclient: redis.Redis, raw: redis.Redis, keys: Keys
+) -> None:
     job_id, attempt = completed_job(rclient, keys)
-    pubsub = rclient.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = rclient.pubsub()
     pubsub.subscribe(keys.done_channel)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     assert process_result(keys.namespace, job_id, attempt, connection=raw) == "processed"
@@ -65,8 +69,9 @@ def test_completed_becomes_processed_once(rclient: redis.Redis, raw: redis.Redis
     pubsub.close()
 
 
-def test_a_stale_attempt_changes_nothing(rclient: redis.Redis, raw: redis.Redis,
-                                         keys: Keys) -> None:
+def test_a_stale_attempt_changes_nothing(
+    rclient: redis.Redis, raw: redis.Redis, keys: Keys
+) -> None:
     job_id = submit(rclient, keys, max_attempts=2)
     pod = FakePod(rclient, keys)
     first = pod.take()
@@ -82,8 +87,9 @@ def test_a_stale_attempt_changes_nothing(rclient: redis.Redis, raw: redis.Redis,
 
 
 @pytest.mark.parametrize("final", ["failed", "canceled"])
-def test_failed_or_canceled_is_recorded_once(rclient: redis.Redis, raw: redis.Redis, keys: Keys,
-                                             final: str) -> None:
+def test_failed_or_canceled_is_recorded_once(
+    rclient: redis.Redis, raw: redis.Redis, keys: Keys, final: str
+) -> None:
     job_id = submit(rclient, keys)
     pod = FakePod(rclient, keys)
     if final == "failed":
@@ -105,9 +111,9 @@ def test_unknown_job_is_a_no_op(raw: redis.Redis, rclient: redis.Redis, keys: Ke
     assert not list(rclient.scan_iter(match=f"{keys.namespace}:*"))
 
 
-def test_retention_comes_from_the_environment(rclient: redis.Redis, raw: redis.Redis,
-                                              keys: Keys,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retention_comes_from_the_environment(
+    rclient: redis.Redis, raw: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert Settings.from_env({}).job_retention == 7 * 24 * 3600
     assert Settings.from_env({"DISPATCHER_JOB_RETENTION": "1.5"}).job_retention == 1.5
     for bad in ("soon", "-1"):
@@ -127,8 +133,9 @@ def test_outside_rq_a_connection_is_needed(keys: Keys) -> None:
 # -- real workers ------------------------------------------------------------------------------
 
 
-def queue_completed_result(rclient: redis.Redis, raw: redis.Redis, keys: Keys,
-                           job_id: str = "") -> tuple[str, int]:
+def queue_completed_result(
+    rclient: redis.Redis, raw: redis.Redis, keys: Keys, job_id: str = ""
+) -> tuple[str, int]:
     submit(rclient, keys, job_id)
     job_id, attempt = FakePod(rclient, keys).run_next("completed")
     assert results.enqueue_result(results.results_queue(raw, keys), keys, job_id, attempt)
@@ -142,15 +149,24 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_worker_bridge_burst_processes_only_its_namespace(
-        rclient: redis.Redis, raw: redis.Redis, redis_url: str, keys: Keys) -> None:
+    rclient: redis.Redis, raw: redis.Redis, redis_url: str, keys: Keys
+) -> None:
     other = Keys(f"{keys.namespace}-b")
     shared_id = str(uuid.uuid4())  # the same job id in two namespaces on one Redis
     try:
         mine = queue_completed_result(rclient, raw, keys, shared_id)
         theirs = queue_completed_result(rclient, raw, other, shared_id)
         assert mine == theirs
-        run(str(BIN / "worker-bridge"), "--burst", "--redis-url", redis_url,
-            "--namespace", keys.namespace, "--log-level", "WARNING")
+        run(
+            str(BIN / "worker-bridge"),
+            "--burst",
+            "--redis-url",
+            redis_url,
+            "--namespace",
+            keys.namespace,
+            "--log-level",
+            "WARNING",
+        )
         assert rclient.hget(keys.job(shared_id), "status") == "processed"
         assert rclient.hget(other.job(shared_id), "status") == "completed"
         assert Queue(other.results_queue, connection=raw).count == 1
@@ -162,9 +178,18 @@ def test_worker_bridge_burst_processes_only_its_namespace(
         raw.srem("rq:queues", Queue(other.results_queue, connection=raw).key)
 
 
-def test_plain_rq_worker_runs_the_task(rclient: redis.Redis, raw: redis.Redis, redis_url: str,
-                                       keys: Keys) -> None:
+def test_plain_rq_worker_runs_the_task(
+    rclient: redis.Redis, raw: redis.Redis, redis_url: str, keys: Keys
+) -> None:
     job_id, _ = queue_completed_result(rclient, raw, keys)
-    run(str(BIN / "rq"), "worker", "--burst", "--url", redis_url, "--name",
-        f"{keys.namespace}-rq", keys.results_queue)
+    run(
+        str(BIN / "rq"),
+        "worker",
+        "--burst",
+        "--url",
+        redis_url,
+        "--name",
+        f"{keys.namespace}-rq",
+        keys.results_queue,
+    )
     assert rclient.hget(keys.job(job_id), "status") == "processed"
