@@ -23,7 +23,7 @@ up: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check dispatcher worker_bridge runner tests
 	$(BIN)/mypy
 
 test: lint
