@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 
 from dispatcher import functions, messages
 from dispatcher.errors import ProtocolError
-from dispatcher.pod import Pod
+from dispatcher.pod import CLOSE_GOING_AWAY, Pod
 from dispatcher.session import Event, State
 from dispatcher.sockets import RunnerSocket
 from dispatcher.tokens import token_hash
@@ -97,6 +97,8 @@ async def channel(ws: WebSocket) -> None:
         await ws.close(CLOSE_INTERNAL, "storage unavailable")
         return
     try:
+        if pod.stopping:  # the drain began while this connection was being attached
+            await sock.close(CLOSE_GOING_AWAY, "dispatcher pod shutting down")
         await serve(pod, sock)
     finally:
         await pod.detach(sock)
