@@ -6,26 +6,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-JOB_FIELDS = (
-    "id",
-    "spec",
-    "status",
-    "attempt",
-    "runner",
-    "priority",
-    "timeout",
-    "max_attempts",
-    "payload",
-    "error",
-    "exit_code",
-    "results",
-    "created",
-    "claimed",
-    "started",
-    "finished",
-    "stdout",
-    "stderr",
-)
 FINAL_STATUSES = frozenset({"processed", "failed", "canceled"})
 
 

@@ -69,3 +69,25 @@ class FakePod:
         reply = self.finish(job_id, attempt, status, error="" if status == "completed" else "boom")
         assert reply["result"] == "recorded", reply
         return job_id, attempt
+
+
+# The job record's fields as issue 2's contract lists them (kept apart from the implementation).
+CONTRACT_FIELDS = {
+    "id",
+    "spec",
+    "status",
+    "attempt",
+    "runner",
+    "priority",
+    "timeout",
+    "payload",
+    "error",
+    "exit_code",
+    "results",
+    "created",
+    "claimed",
+    "started",
+    "finished",
+    "stdout",
+    "stderr",
+}

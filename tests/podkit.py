@@ -44,19 +44,8 @@ class RunningPod:
 
 
 async def start_pod(settings: Settings) -> RunningPod:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = build_server(settings, port=port, signals=False, log_level="warning")
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    if task.done():
-        task.result()
-    assert server.started, "pod did not start"
-    return RunningPod(server, task, port)
+    """A pod on a free loopback port, served in this process."""
+    return await start_pod_on_port(settings, 0)
 
 
 async def start_pod_on_port(settings: Settings, port: int = 0) -> RunningPod:

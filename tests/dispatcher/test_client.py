@@ -18,28 +18,8 @@ from dispatcher import functions
 from dispatcher.client import AsyncClient, Client
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
-from tests.jobflow import POD, SPEC, FakePod
+from tests.jobflow import CONTRACT_FIELDS, POD, SPEC, FakePod
 from worker_bridge.tasks import process_result
-
-CONTRACT_FIELDS = {
-    "id",
-    "spec",
-    "status",
-    "attempt",
-    "runner",
-    "priority",
-    "timeout",
-    "payload",
-    "error",
-    "exit_code",
-    "results",
-    "created",
-    "claimed",
-    "started",
-    "finished",
-    "stdout",
-    "stderr",
-}
 
 
 @pytest.fixture
