@@ -19,8 +19,8 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from dispatcher import functions, messages
-from dispatcher.errors import ProtocolError
-from dispatcher.pod import CLOSE_GOING_AWAY, Pod
+from dispatcher.errors import NotFound, ProtocolError
+from dispatcher.pod import CLOSE_GOING_AWAY, CLOSE_REVOKED, Pod
 from dispatcher.session import Event, State
 from dispatcher.sockets import RunnerSocket
 from dispatcher.tokens import token_hash
@@ -92,6 +92,9 @@ async def channel(ws: WebSocket) -> None:
     await ws.accept()
     try:
         sock = await pod.attach(runner, ws)
+    except NotFound:  # revoked between the handshake and now
+        await ws.close(CLOSE_REVOKED, "runner token revoked")
+        return
     except redis.RedisError as exc:
         log.warning("attach of %s failed: %s", runner, exc)
         await ws.close(CLOSE_INTERNAL, "storage unavailable")
@@ -121,6 +124,9 @@ async def serve(pod: Pod, sock: RunnerSocket) -> None:
         except redis.RedisError as exc:
             log.warning("runner %s: Redis error, closing: %s", sock.runner, exc)
             await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
+        except Exception:
+            log.exception("runner %s: unexpected error, closing", sock.runner)
+            await sock.close(CLOSE_INTERNAL, "internal error; reconnect")
 
 
 async def handle_frame(pod: Pod, sock: RunnerSocket, frame: Mapping[str, Any]) -> None:

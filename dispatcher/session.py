@@ -2,8 +2,9 @@
 
 Theory of operation: Redis decides who owns which job (the fenced functions); this machine only
 knows what the *connection* is doing, to enforce PROTOCOL.md rules 2 and 7: one long poll or one
-job at a time per connection, and `ready` only when neither is open. `running`, `heartbeat` and
-terminal messages are allowed in every state; Redis fences them.
+job at a time per connection, and `ready` only when neither is open. `heartbeat` and terminal
+messages are allowed in every state and `running` in every state but an open poll; Redis fences
+them.
 
     IDLE --ready--> (waiting for the ready script) --idle--> POLLING --job/no_job--> ...
     IDLE/POLLING --job sent--> IN_FLIGHT --terminal for that job / cancel pushed--> IDLE

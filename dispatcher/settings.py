@@ -53,6 +53,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
+        if self.pod_ttl < 3 * self.reconcile_interval:
+            raise ConfigError("pod_ttl must be at least 3 x reconcile_interval")
         if self.timeout_grace < 0 or self.job_retention < 0:
             raise ConfigError("timeout_grace and job_retention must be >= 0")
         if self.max_message_bytes < 1024:

@@ -14,6 +14,11 @@ from dispatcher.session import Session, State
 log = logging.getLogger(__name__)
 
 
+def close_reason(reason: str) -> str:
+    """At most 123 bytes of UTF-8 (RFC 6455), cut on a character boundary."""
+    return reason.encode()[:123].decode("utf-8", "ignore")
+
+
 @dataclass(eq=False)
 class RunnerSocket:
     """A runner's live connection: ``conn`` is its generation in the runner record."""
@@ -46,8 +51,8 @@ class RunnerSocket:
         self.cancel_poll_timer()
         if self.ws.application_state is WebSocketState.CONNECTED:
             try:
-                await self.ws.close(code=code, reason=reason[:123])
-            except (RuntimeError, OSError) as exc:
+                await self.ws.close(code=code, reason=close_reason(reason))
+            except Exception as exc:  # a dying socket must not take the handler down with it
                 log.debug("close of %s failed: %s", self.runner, exc)
 
     def forget_prior(self, job: str) -> None:

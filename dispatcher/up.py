@@ -55,9 +55,12 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.runners < 0:
         raise ValueError("--runners must be >= 0")
+    if not port_is_free(args.port):
+        raise ValueError(f"port {args.port} is in use; choose another with --port")
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     given_url = args.redis_url or os.environ.get("DISPATCHER_REDIS_URL")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the children in order on SIGTERM too
     with contextlib.ExitStack() as stack:
         url = given_url or stack.enter_context(embedded_valkey(data / "valkey"))
         settings = Settings.from_env(redis_url=url, namespace=settings.namespace)
@@ -118,6 +121,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print_banner(pod_url, url, given_url is None, settings, args.spec, logs)
         return watch(settings, args.spec if args.demo else None)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -184,6 +191,15 @@ def child(
                 proc.wait()
         if out is not None:
             out.close()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port() -> int:

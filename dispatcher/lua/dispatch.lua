@@ -39,6 +39,7 @@ local MAX_LOST_STARTS = 5
 local MAX_PAYLOAD_BYTES = 1048576
 local MAX_TIMEOUT_S = 30 * 24 * 3600
 local SPEC_PATTERN = '^[%w%._/@%+%-]+$'
+local NAME_PATTERN = '^[%w%._@%+%-]+$'  -- a runner name is one URL path segment: no '/'
 local UUID_PATTERN = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
 local FINAL = {completed = true, processed = true, failed = true, canceled = true}
 local IN_FLIGHT = {claimed = true, running = true}
@@ -237,7 +238,7 @@ local function finalize(ns, id, status, error, now, extra)
   if status ~= 'completed' then publish_done(ns, id) end
 end
 
--- The attempt of job `j` (a HGETALL table) is lost: tell its runner's pod, free the runner.
+-- The attempt of job `j` (a load_job table) is lost: tell its runner's pod, free the runner.
 local function drop_attempt(ns, j, now)
   if j.runner and j.runner ~= '' then
     local pod = free_runner(ns, j.runner, j.id, now)
@@ -395,7 +396,9 @@ Reply: 1. Error when the name exists or a spec is invalid.
 ]]
 local function runner_add(keys, args)
   local ns, name, token_hash, specs_json = args[1], args[2], args[3], args[4]
-  if not string.match(name, SPEC_PATTERN) or #name > 128 then return fail('invalid runner name') end
+  if not string.match(name, NAME_PATTERN) or #name > 128 then
+    return fail('invalid runner name: 1-128 characters of letters, digits and . _ @ + -')
+  end
   local ok, specs = pcall(cjson.decode, specs_json)
   if not ok or type(specs) ~= 'table' or #specs == 0 then return fail('at least one spec is needed') end
   for _, spec in ipairs(specs) do
@@ -539,15 +542,16 @@ end
 
 --[[ dispatch_v1_observe
 ARGV: ns, pod, runner, local_job ('' when the connection has none)
-Reply: {"exists", "conn", "pod", "offer" (a claimed job waiting for this runner, or null),
+Reply: {"exists", "conn", "pod", "polling" (in the idle sets),
+        "offer" (a claimed job waiting for this runner, or null),
         "local": {"status", "attempt", "runner", "cancel_reason"} of local_job or null}
 Removes the runner from the pod's inbox first, so any later change rings again.
 ]]
 local function observe(keys, args)
   local ns, pod, name, local_job = args[1], args[2], args[3], args[4]
   redis.call('SREM', pod_inbox_key(ns, pod), name)
-  local r = redis.call('HMGET', runner_key(ns, name), 'conn', 'pod', 'job', 'attempt')
-  local out = {exists = r[1] ~= false, conn = r[1] or '', pod = r[2] or ''}
+  local r = redis.call('HMGET', runner_key(ns, name), 'conn', 'pod', 'job', 'attempt', 'polling')
+  local out = {exists = r[1] ~= false, conn = r[1] or '', pod = r[2] or '', polling = r[5] == '1'}
   if r[3] and r[3] ~= '' then
     local j = redis.call('HMGET', job_key(ns, r[3]), 'status', 'attempt')
     if j[1] == 'claimed' and j[2] == r[4] then out.offer = job_offer(ns, r[3]) end
@@ -562,6 +566,7 @@ end
 
 -- Fence a runner's job-scoped message. Returns the job table, or nil and the reply to send.
 local function fence(ns, name, id, attempt)
+  if redis.call('EXISTS', runner_key(ns, name)) == 0 then return nil, 'stale' end  -- revoked
   local j = load_job(ns, id)
   if not j.status then return nil, 'unknown' end
   if j.runner ~= name or j.attempt ~= attempt then return nil, 'stale' end
@@ -576,7 +581,7 @@ local function lost_reason(j)
 end
 
 --[[ dispatch_v1_start
-ARGV: ns, runner, job, attempt, conn
+ARGV: ns, runner, job, attempt
 Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
 Invariant: only the runner holding the job's current attempt can start it or re-attach to it;
 a running job's lease and the runner record (busy, this job) are renewed.
@@ -677,7 +682,9 @@ end
 
 --[[ dispatch_v1_tick
 ARGV: ns, pod, pod_ttl_ms, max_reap
-Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...]}
+Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined": bool}
+"rejoined" is true when the pod was absent or past its deadline: its runners may have been
+detached by another pod's tick, so the pod must close their sockets (they reconnect).
 Keys: pods, pod:<pod>:runners/inbox, leases and the jobs/runners/pods they name.
 Invariant: renews this pod's presence; a pod past its deadline loses its runners (idle ones go
 offline; jobs in flight keep their leases); due leases are reaped by compare-and-set, so any number
@@ -702,8 +709,10 @@ end
 local function tick(keys, args)
   local ns, pod, ttl, max_reap = args[1], args[2], tonumber(args[3]), tonumber(args[4])
   local now = now_ms()
-  redis.call('ZADD', pods_key(ns), now + ttl, pod)
+  local present = tonumber(redis.call('ZSCORE', pods_key(ns), pod))
+  local rejoined = present == nil or present <= now
   reap_dead_pods(ns, now)
+  redis.call('ZADD', pods_key(ns), now + ttl, pod)
   local reaped = {}
   local due = redis.call('ZRANGEBYSCORE', leases_key(ns), '-inf', now, 'LIMIT', 0, max_reap)
   if #due > 0 then
@@ -716,7 +725,8 @@ local function tick(keys, args)
     end
   end
   -- (an empty Lua table encodes as {}; callers treat an empty object as an empty list)
-  return cjson.encode({inbox = redis.call('SMEMBERS', pod_inbox_key(ns, pod)), reaped = reaped})
+  return cjson.encode({inbox = redis.call('SMEMBERS', pod_inbox_key(ns, pod)), reaped = reaped,
+                       rejoined = rejoined})
 end
 
 --[[ dispatch_v1_pod_stop

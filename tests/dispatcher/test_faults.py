@@ -180,7 +180,7 @@ async def test_no_job_is_assigned_to_a_runner_whose_pod_stopped_renewing_its_pre
     launch, settings, rclient, keys
 ):
     """A pod that hangs or dies: its idle runners are skipped once its presence expires."""
-    frozen = await launch(dataclasses.replace(settings, pod_ttl=0.3))
+    frozen = await launch(dataclasses.replace(settings, pod_ttl=0.7))
     runner = await connect(frozen, "r1", add_runner(settings, "r1", [SPEC]))
     await runner.send("ready", poll_timeout=10)
     await asyncio.sleep(0.1)
@@ -195,7 +195,7 @@ async def test_no_job_is_assigned_to_a_runner_whose_pod_stopped_renewing_its_pre
             task.cancel()
         await asyncio.wait(running, timeout=0.1)
     assert all(task.done() for task in pod._tasks)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.9)
     job_id = submit(rclient, keys)
     rec = job_rec(rclient, keys, job_id)
     assert (rec["status"], rec["runner"]) == ("pending", "")

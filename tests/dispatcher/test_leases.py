@@ -284,7 +284,7 @@ async def test_heartbeat_past_timeout_and_grace_is_answered_cancel_timeout(
     launch, settings, rclient, keys
 ):
     """Even before the reaper's tick notices (slow tick here), the heartbeat itself is told."""
-    slow_tick = dataclasses.replace(settings, reconcile_interval=30, timeout_grace=0.1)
+    slow_tick = dataclasses.replace(settings, reconcile_interval=30, pod_ttl=90, timeout_grace=0.1)
     pod = await launch(slow_tick)
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
     job_id = submit(rclient, keys, timeout=0.2)

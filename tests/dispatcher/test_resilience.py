@@ -1,0 +1,103 @@
+"""Edge cases found in review: presence lapses, long close reasons, cancels that race delivery,
+revoked runners, handshake races."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dispatcher import functions
+from dispatcher.errors import InvalidInput
+from tests.dispatcher.support import (
+    SPEC,
+    job_rec,
+    new_job_id,
+    revoke,
+    runner_rec,
+    submit,
+    take_job,
+)
+from tests.podkit import add_runner, connect
+
+
+async def test_a_pod_whose_presence_lapsed_closes_its_channels_so_runners_reconnect(
+    launch, settings, rclient, keys
+):
+    pod = await launch(settings)
+    runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    await runner.send("ready", poll_timeout=30)
+    # another pod's tick found this pod past its deadline and detached its runners
+    rclient.zadd(keys.pods, {pod.id: 1})
+    functions.run_sync(rclient, functions.tick(keys, "other-pod", 10_000))
+    assert runner_rec(rclient, keys, "r1")["pod"] == ""
+    code, reason = await runner.closed(timeout=3)
+    assert code == 1001 and "presence" in reason
+    # the runner reconnects and is served again
+    again = await connect(pod, "r1", add_runner_token(settings, rclient, keys))
+    assert runner_rec(rclient, keys, "r1")["pod"] == pod.id
+    job_id = submit(rclient, keys)
+    assert (await take_job(again))["job"] == job_id
+
+
+def add_runner_token(settings, rclient, keys) -> str:
+    """A new token for r1 (revoke and add again; the test only needs a working credential)."""
+    revoke(rclient, keys, "r1")
+    return add_runner(settings, "r1", [SPEC])
+
+
+async def test_a_long_non_ascii_invalid_message_closes_1007_with_a_reason_of_at_most_123_bytes(
+    launch, settings
+):
+    pod = await launch(settings)
+    runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    await runner.ws.send(json.dumps({"event": "é" * 200}, ensure_ascii=False))
+    code, reason = await runner.closed()
+    assert code == 1007
+    assert reason and len(reason.encode()) <= 123
+
+
+async def test_a_job_canceled_before_its_delivery_ends_the_poll_so_the_runner_waits_again(
+    launch, settings, rclient, keys
+):
+    pod = await launch(settings)
+    runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    await runner.send("ready", poll_timeout=30)
+    await runner.silent(0.2)
+    # submit and cancel in one transaction: the job is assigned, then canceled, never sent
+    job_id = new_job_id()
+    pipe = rclient.pipeline(transaction=True)
+    pipe.fcall(
+        functions.submit(keys, job_id, SPEC, "{}", 0, 60, 1).name,
+        0,
+        *functions.submit(keys, job_id, SPEC, "{}", 0, 60, 1).args,
+    )
+    pipe.fcall(functions.cancel(keys, job_id).name, 0, *functions.cancel(keys, job_id).args)
+    pipe.execute()
+    assert job_rec(rclient, keys, job_id)["status"] == "canceled"
+    await runner.expect("no_job", timeout=3)  # well before the 30 s poll ends
+    next_job = submit(rclient, keys)
+    assert (await take_job(runner))["job"] == next_job
+
+
+def test_a_revoked_runners_late_message_does_not_recreate_its_record(rclient, keys):
+    functions.run_sync(rclient, functions.tick(keys, "p", 10_000))
+    functions.run_sync(rclient, functions.runner_add(keys, "r1", "h", [SPEC]))
+    conn = functions.run_sync(rclient, functions.attach(keys, "r1", "p"))["conn"]
+    functions.run_sync(rclient, functions.ready(keys, "r1", conn, ""))
+    job_id = submit(rclient, keys)
+    revoke(rclient, keys, "r1")
+    for call in (
+        functions.start(keys, "r1", job_id, 1),
+        functions.heartbeat(keys, "r1", job_id, 1),
+    ):
+        assert functions.run_sync(rclient, call) == {"result": "cancel", "reason": "lease_lost"}
+    assert not rclient.exists(keys.runner("r1"))
+    assert job_rec(rclient, keys, job_id)["status"] == "claimed"  # reaped by its start deadline
+
+
+@pytest.mark.parametrize("name", ["a/b", "", "x" * 129, "sp ace"])
+def test_runner_names_that_cannot_be_a_url_segment_are_refused(rclient, keys, name):
+    with pytest.raises(InvalidInput):
+        functions.run_sync(rclient, functions.runner_add(keys, name, "h", [SPEC]))
+    assert not rclient.exists(keys.runners)
