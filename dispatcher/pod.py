@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CLOSE_GOING_AWAY = 1001
 CLOSE_REVOKED = 4001
 CLOSE_SUPERSEDED = 4002
+CLOSE_INTERNAL = 1011
 STOP_WAIT = 2.0
 IN_FLIGHT = frozenset({"claimed", "running"})
 REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
@@ -93,6 +94,7 @@ class Pod:
         self._background: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self._stopped = False
+        self._joined = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -165,6 +167,10 @@ class Pod:
         if reply.get("job"):
             sock.prior = (reply["job"], int(reply["attempt"]))
         old = self.sockets.get(runner)
+        if old is not None and old.conn > sock.conn:
+            # two handshakes raced and the newer one registered first: this one is the old one
+            await sock.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
+            return sock
         self.sockets[runner] = sock
         if old is not None:
             await old.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
@@ -228,9 +234,14 @@ class Pod:
         """The long poll expired: send a job assigned a moment earlier, or `no_job`."""
         if sock.closed or sock.session.state is not State.POLLING or sock.session.poll != poll:
             return
-        reply = await functions.run(
-            self.redis, functions.poll_end(self.keys, sock.runner, sock.conn)
-        )
+        try:
+            reply = await functions.run(
+                self.redis, functions.poll_end(self.keys, sock.runner, sock.conn)
+            )
+        except redis.RedisError as exc:  # the poll must end somehow: the runner reconnects
+            log.warning("poll end of %s failed: %s", sock.runner, exc)
+            await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
+            return
         if sock.session.state is not State.POLLING or sock.session.poll != poll:
             return  # a doorbell delivered the job meanwhile
         if reply["result"] == "job":
@@ -281,6 +292,14 @@ class Pod:
             sock.rang = True  # the ready handler looks again once it knows the outcome
         elif sock.session.state is State.POLLING and reply.get("offer"):
             await self.deliver(sock, reply["offer"])
+        elif (
+            sock.session.state is State.POLLING
+            and not reply.get("polling")
+            and self.settings.wake == "pubsub"
+        ):
+            # a job assigned to the runner was canceled or lost before it was sent: the runner
+            # left the idle sets then; end its poll now (`no_job`) so it asks again at once
+            await self.end_poll(sock, sock.session.poll)
         elif watched is not None and sock.watched_job() == watched:
             await self._check_watched(sock, watched, reply.get("local") or {})
 
@@ -309,6 +328,15 @@ class Pod:
         """Renew presence, reap due leases, and look at every runner in the inbox."""
         ttl_ms = int(self.settings.pod_ttl * 1000)
         reply = await functions.run(self.redis, functions.tick(self.keys, self.id, ttl_ms))
+        if reply.get("rejoined") and self._joined:
+            # presence lapsed (Redis failover, a stalled pod) and another pod's tick may have
+            # detached our runners: make them reconnect so their records name a live pod again
+            log.warning(
+                "pod %s lost its presence; closing its channels so runners reconnect", self.id
+            )
+            for sock in list(self.sockets.values()):
+                self.spawn(sock.close(CLOSE_GOING_AWAY, "dispatcher pod lost its presence"))
+        self._joined = True
         for job_id, outcome, attempt in reply.get("reaped") or []:
             log.info("reaped job %s attempt %s: %s", job_id, attempt, outcome)
             if outcome in ("failed", "timeout"):
@@ -323,6 +351,8 @@ class Pod:
                 await self.tick()
             except redis.RedisError as exc:
                 log.warning("tick failed: %s", exc)
+            except Exception:  # the tick keeps the pod alive in Redis: never let it die
+                log.exception("tick failed")
 
     async def enqueue(self, job_id: str, attempt: int, late: bool = False) -> None:
         """Queue the result task of one attempt (rq is synchronous: run it off the loop)."""
