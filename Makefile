@@ -23,7 +23,7 @@ up: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check dispatcher worker_bridge runner tests
+	$(BIN)/ruff format --check dispatcher worker_bridge runner tests bench
 	$(BIN)/mypy
 
 test: lint

@@ -12,7 +12,6 @@ every ``reconcile_interval`` and after every (re)subscribe, so a lost message co
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import uuid
 from typing import Any
@@ -40,7 +39,6 @@ STOP_WAIT = 2.0
 IN_FLIGHT = frozenset({"claimed", "running"})
 REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
 REDIS_POOL_TIMEOUT = 10.0  # s a command may wait for a free connection before it fails
-ENQUEUE_THREADS = 3  # threads running rq enqueues (see Pod.__init__)
 
 
 def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
@@ -75,12 +73,6 @@ class Pod:
         )
         self._sync_redis = redis.Redis.from_url(settings.redis_url)
         self._queue = results_queue(self._sync_redis, self.keys)
-        # rq is synchronous: its enqueues run on a thread of their own, one at a time. The
-        # default executor's six threads fighting the event loop for the GIL made every enqueue
-        # (~0.3 ms alone) take ~10 ms under load and capped a pod near 500 results/s.
-        self._enqueuer = concurrent.futures.ThreadPoolExecutor(
-            max_workers=ENQUEUE_THREADS, thread_name_prefix="rq-enqueue"
-        )
         self.sockets: dict[str, RunnerSocket] = {}
         self.doorbell = Doorbell(
             settings,
@@ -141,7 +133,6 @@ class Pod:
         except redis.RedisError as exc:
             log.warning("could not leave the pod set: %s", exc)
         await self.redis.aclose()
-        self._enqueuer.shutdown(wait=True)
         self._sync_redis.close()
 
     def spawn(self, coro: Any) -> None:
@@ -356,6 +347,4 @@ class Pod:
 
     async def enqueue(self, job_id: str, attempt: int, late: bool = False) -> None:
         """Queue the result task of one attempt (rq is synchronous: run it off the loop)."""
-        await asyncio.get_running_loop().run_in_executor(
-            self._enqueuer, enqueue_result, self._queue, self.keys, job_id, attempt, late
-        )
+        await asyncio.to_thread(enqueue_result, self._queue, self.keys, job_id, attempt, late)

@@ -91,9 +91,6 @@ def build_server(
         port=port,
         ws=ChannelProtocol,
         ws_max_size=settings.max_message_bytes,
-        # permessage-deflate keeps a zlib compressor per connection: ~38 KiB of an idle runner's
-        # ~66 KiB on the pod (bench/results/SUMMARY.md); the frames are small JSON
-        ws_per_message_deflate=False,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,
         lifespan="on",

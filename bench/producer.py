@@ -1,0 +1,92 @@
+"""Producer process: submits jobs through the project's own synchronous client.
+
+``python -m bench.producer CONFIG.json`` (started by the harness). Prints ``{"event": "ready"}``
+once connected, waits for ``go`` on stdin, then submits for ``duration`` seconds:
+
+- ``rate``: an open loop at ``rate`` jobs/s on a fixed schedule (a late submit is not made up
+  with a burst; the worst lateness is reported);
+- ``max``: as fast as the system takes them — back to back, pausing while the spec's pending
+  queue holds ``max_backlog`` jobs or more (0: never pause).
+
+Every payload is ``{"t0": <time.time() just before the submit call>, "i": n}``. The job ids and
+their ``t0`` go to the results file; ``{"event": "done"}`` follows.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import redis
+
+from bench.common import ProducerConfig, ProducerResult, dump, load, say
+from dispatcher.client import Client
+from dispatcher.keys import Keys
+from dispatcher.settings import Settings
+
+JOB_TIMEOUT = 600
+BACKLOG_CHECK_EVERY = 20
+
+
+def produce(cfg: ProducerConfig, client: Client, probe: redis.Redis) -> ProducerResult:
+    submitted: list[tuple[str, float]] = []
+    calls: list[float] = []
+    cpu0 = time.process_time()
+    errors, first_error, max_lag = 0, "", 0.0
+    pending_key = Keys(cfg.namespace).pending(cfg.spec)
+    started = time.time()
+    end = started + cfg.duration
+    i = 0
+    while True:
+        if cfg.mode == "rate":
+            if i >= int(cfg.rate * cfg.duration):
+                break
+            delay = started + i / cfg.rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                max_lag = max(max_lag, -delay)
+        else:
+            if time.time() >= end:
+                break
+            if cfg.max_backlog and i % BACKLOG_CHECK_EVERY == 0:
+                while time.time() < end and int(probe.zcard(pending_key)) >= cfg.max_backlog:
+                    time.sleep(0.002)
+        t0 = time.time()
+        try:
+            job_id = client.submit(cfg.spec, {"t0": t0, "i": i}, timeout=JOB_TIMEOUT)
+        except (redis.RedisError, ValueError) as exc:
+            errors += 1
+            first_error = first_error or f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            calls.append(time.time() - t0)
+            submitted.append((job_id, t0))
+        i += 1
+    return ProducerResult(
+        submitted=submitted,
+        errors=errors,
+        first_error=first_error,
+        started=started,
+        ended=time.time(),
+        max_lag=max_lag,
+        submit_call=calls,
+        cpu_seconds=time.process_time() - cpu0,
+    )
+
+
+def main() -> None:
+    cfg = load(sys.argv[1], ProducerConfig)
+    settings = Settings(redis_url=cfg.redis_url, namespace=cfg.namespace)
+    probe = redis.Redis.from_url(cfg.redis_url)
+    with Client(settings) as client:
+        probe.ping()
+        say("ready")
+        line = sys.stdin.readline()
+        if line.strip() == "go":
+            dump(cfg.out, produce(cfg, client, probe))
+    probe.close()
+    say("done")
+
+
+if __name__ == "__main__":
+    main()
