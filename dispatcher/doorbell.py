@@ -40,11 +40,11 @@ class Doorbell:
         self._on_bell = on_bell
         self._on_subscribed = on_subscribed
         self._stopped = stopped
+        self._delay = RETRY_MIN  # back-off of the next reconnect; reset by every confirmation
         self.live = False
 
     async def run(self) -> None:
         """Listen until cancelled, rebuilding the connection with jittered back-off."""
-        delay = RETRY_MIN
         while not self._stopped():
             try:
                 await self._listen()
@@ -53,11 +53,9 @@ class Doorbell:
                 raise
             except (redis.RedisError, OSError) as exc:
                 self.live = False
-                log.warning("doorbell connection lost (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, RETRY_MAX)
-            else:
-                delay = RETRY_MIN
+                log.warning("doorbell connection lost (%s); retrying in %.1fs", exc, self._delay)
+                await asyncio.sleep(self._delay * random.uniform(0.8, 1.2))
+                self._delay = min(self._delay * 2, RETRY_MAX)
 
     async def _listen(self) -> None:
         client = redis.asyncio.Redis.from_url(
@@ -82,6 +80,7 @@ class Doorbell:
             self._on_bell(data.decode() if isinstance(data, bytes) else str(data))
         elif kind == "subscribe":
             self.live = True
+            self._delay = RETRY_MIN
             try:
                 await self._on_subscribed()
             except redis.RedisError as exc:  # the tick will catch up

@@ -40,7 +40,7 @@ class RunnerSocket:
             return
         try:
             await self.ws.send_text(messages.encode(message))
-        except (RuntimeError, OSError) as exc:
+        except Exception as exc:  # disconnected meanwhile: the runner re-attaches or is reaped
             log.debug("send to %s failed: %s", self.runner, exc)
 
     async def close(self, code: int, reason: str) -> None:
