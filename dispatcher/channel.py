@@ -144,9 +144,13 @@ async def handle_frame(pod: Pod, sock: RunnerSocket, frame: Mapping[str, Any]) -
 
 async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
     assert isinstance(message, messages.Ready)
+    lingering = sock.session.state is State.LINGERING
     sock.session.fire(Event.READY)
     sock.rang = False
     sock.prior = None  # rule 1: the ready script ends any attempt the record still holds
+    if lingering and (sock.held_offer is not None or sock.listed):
+        await _ready_from_linger(pod, sock, message.poll_timeout)
+        return
     info = messages.encoder.encode(message.runner).decode() if message.runner else ""
     mode = "try" if pod.settings.wake == "poll" else "wait"
     call = functions.ready(pod.keys, sock.runner, sock.conn, info, mode)
@@ -162,6 +166,17 @@ async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> N
         await pod.observe(sock.runner)  # no longer the runner's current connection
 
 
+async def _ready_from_linger(pod: Pod, sock: RunnerSocket, poll_timeout: int) -> None:
+    """The runner never left the idle sets: answer from what the pod already knows."""
+    sock.cancel_poll_timer()
+    offer, sock.held_offer = sock.held_offer, None
+    if offer is not None:
+        await pod.deliver(sock, offer)
+        return
+    sock.session.fire(Event.WAIT)
+    pod.arm_poll(sock, poll_timeout)
+
+
 def _check_running_allowed(sock: RunnerSocket) -> None:
     if sock.session.state in (State.POLLING, State.READYING):
         sock.session.fire(Event.RUNNING)  # raises the 1008 protocol error
@@ -170,6 +185,7 @@ def _check_running_allowed(sock: RunnerSocket) -> None:
 async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
     assert isinstance(message, messages.Running)
     _check_running_allowed(sock)
+    await pod.unlinger(sock)
     call = functions.start(pod.keys, sock.runner, message.job, message.attempt)
     reply = await functions.run(pod.redis, call)
     if reply["result"] == "ok":

@@ -108,8 +108,10 @@ def ready(
     return Call(_fn("ready"), (keys.namespace, runner, conn, info, mode), _json)
 
 
-def poll_end(keys: Keys, runner: str, conn: int) -> Call[dict[str, Any]]:
-    return Call(_fn("poll_end"), (keys.namespace, runner, conn), _json)
+def poll_end(keys: Keys, runner: str, conn: int, *, release: bool = False) -> Call[dict[str, Any]]:
+    """``release``: a job assigned meanwhile goes back to the queue instead of being offered."""
+    mode = "release" if release else "offer"
+    return Call(_fn("poll_end"), (keys.namespace, runner, conn, mode), _json)
 
 
 def observe(keys: Keys, pod: str, runner: str, local_job: str) -> Call[dict[str, Any]]:

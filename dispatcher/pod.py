@@ -172,6 +172,11 @@ class Pod:
         if self.sockets.get(sock.runner) is sock:
             del self.sockets[sock.runner]
         try:
+            if sock.session.state in (State.POLLING, State.LINGERING, State.READYING):
+                # a job assigned but not sent yet goes back to the queue at once, instead of
+                # waiting out its start deadline
+                call = functions.poll_end(self.keys, sock.runner, sock.conn, release=True)
+                await functions.run(self.redis, call)
             await functions.run(
                 self.redis, functions.detach(self.keys, sock.runner, self.id, sock.conn)
             )
@@ -193,7 +198,44 @@ class Pod:
         if self.settings.wake == "poll":
             self._arm_poll_try(sock, poll, loop.time() + seconds)
             return
-        sock.poll_timer = loop.call_later(seconds, lambda: self.spawn(self.end_poll(sock, poll)))
+        sock.poll_timer = loop.call_later(seconds, lambda: self.spawn(self.expire_poll(sock, poll)))
+
+    async def expire_poll(self, sock: RunnerSocket, poll: int) -> None:
+        """The long poll expired: `no_job`, and linger in the idle sets (no Redis call)."""
+        if sock.closed or sock.session.state is not State.POLLING or sock.session.poll != poll:
+            return
+        if self.settings.linger <= 0:  # no lingering: leave the idle sets with the `no_job`
+            await self.end_poll(sock, poll)
+            return
+        sock.session.fire(Event.LINGER)
+        sock.held_offer, sock.listed = None, True
+        loop = asyncio.get_running_loop()
+        sock.poll_timer = loop.call_later(
+            self.settings.linger, lambda: self.spawn(self.end_linger(sock, poll))
+        )
+        await sock.send(messages.NoJob())
+
+    async def end_linger(self, sock: RunnerSocket, poll: int) -> None:
+        """No `ready` came after `no_job`: leave the idle sets, handing back a held job."""
+        if sock.closed or sock.session.state is not State.LINGERING or sock.session.poll != poll:
+            return
+        sock.session.fire(Event.LINGER_END)
+        sock.held_offer = None
+        call = functions.poll_end(self.keys, sock.runner, sock.conn, release=True)
+        try:
+            reply = await functions.run(self.redis, call)
+        except redis.RedisError as exc:
+            log.warning("linger end of %s failed: %s", sock.runner, exc)
+            await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
+            return
+        if reply["result"] == "stale":
+            await self.observe(sock.runner)
+
+    async def unlinger(self, sock: RunnerSocket) -> None:
+        """A lingering runner sent something other than `ready`: end the linger first."""
+        if sock.session.state is State.LINGERING:
+            sock.cancel_poll_timer()
+            await self.end_linger(sock, sock.session.poll)
 
     def _arm_poll_try(self, sock: RunnerSocket, poll: int, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -281,6 +323,9 @@ class Pod:
             await sock.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
         elif sock.session.state is State.READYING:
             sock.rang = True  # the ready handler looks again once it knows the outcome
+        elif sock.session.state is State.LINGERING:
+            sock.held_offer = reply.get("offer")
+            sock.listed = bool(reply.get("polling"))
         elif sock.session.state is State.POLLING and reply.get("offer"):
             await self.deliver(sock, reply["offer"])
         elif (

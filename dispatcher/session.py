@@ -8,6 +8,13 @@ them.
 
     IDLE --ready--> (waiting for the ready script) --idle--> POLLING --job/no_job--> ...
     IDLE/POLLING --job sent--> IN_FLIGHT --terminal for that job / cancel pushed--> IDLE
+    POLLING --poll timeout, `no_job`--> LINGERING --ready--> READYING (no Redis call needed)
+                                        LINGERING --linger timeout--> IDLE
+
+LINGERING: after `no_job` the runner stays in Redis's idle sets for a few seconds, because a
+well-behaved runner asks again at once; its next `ready` then costs no Redis call at all, so an
+idle fleet costs Redis nothing per long poll. A job assigned meanwhile is held and is the answer
+to that `ready`; if no `ready` comes, the pod takes the runner out (and hands such a job back).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ class State(enum.Enum):
     IDLE = "idle"
     READYING = "readying"  # `ready` received, the ready script is running
     POLLING = "polling"
+    LINGERING = "lingering"  # `no_job` sent, still in the idle sets, waiting for the next ready
     IN_FLIGHT = "in_flight"
 
 
@@ -31,7 +39,9 @@ class Event(enum.Enum):
     READY = "ready"  # the runner sent `ready`
     WAIT = "wait"  # the ready script found nothing: hold the poll open
     SEND_JOB = "send_job"  # a `job` is sent to the runner
-    NO_JOB = "no_job"  # the poll ended empty
+    NO_JOB = "no_job"  # the poll ended empty and the runner left the idle sets
+    LINGER = "linger"  # the poll ended empty; the runner stays in the idle sets for a while
+    LINGER_END = "linger_end"  # no `ready` came in time: the runner left the idle sets
     RUNNING = "running"  # the runner (re-)attached to a job with `running`
     JOB_DONE = "job_done"  # the in-flight job ended (terminal recorded, or cancel pushed)
 
@@ -43,6 +53,9 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.READYING, Event.SEND_JOB): State.IN_FLIGHT,
     (State.POLLING, Event.SEND_JOB): State.IN_FLIGHT,
     (State.POLLING, Event.NO_JOB): State.IDLE,
+    (State.POLLING, Event.LINGER): State.LINGERING,
+    (State.LINGERING, Event.READY): State.READYING,
+    (State.LINGERING, Event.LINGER_END): State.IDLE,
     (State.IDLE, Event.RUNNING): State.IN_FLIGHT,
     (State.IN_FLIGHT, Event.RUNNING): State.IN_FLIGHT,
     (State.IN_FLIGHT, Event.JOB_DONE): State.IDLE,

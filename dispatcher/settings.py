@@ -35,6 +35,7 @@ class Settings:
     poll_interval: float = 1.0
     pod_ttl: float = 15.0
     job_retention: float = 7 * 24 * 3600
+    linger: float = 5.0
 
     def __post_init__(self) -> None:
         if not NAMESPACE_RE.match(self.namespace):
@@ -55,8 +56,8 @@ class Settings:
                 raise ConfigError(f"{name} must be > 0")
         if self.pod_ttl < 3 * self.reconcile_interval:
             raise ConfigError("pod_ttl must be at least 3 x reconcile_interval")
-        if self.timeout_grace < 0 or self.job_retention < 0:
-            raise ConfigError("timeout_grace and job_retention must be >= 0")
+        if self.timeout_grace < 0 or self.job_retention < 0 or self.linger < 0:
+            raise ConfigError("timeout_grace, job_retention and linger must be >= 0")
         if self.max_message_bytes < 1024:
             raise ConfigError("max_message_bytes must be >= 1024")
         if self.connect_rate < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -33,6 +34,10 @@ class RunnerSocket:
     # The job the runner record held when this connection opened: the runner may still be
     # executing it before it re-attaches with `running`, so a cancel must reach it meanwhile.
     prior: tuple[str, int] | None = None
+    # While LINGERING: a job assigned meanwhile (the answer to the next `ready`), and whether the
+    # runner is still in the idle sets (False once something took it out).
+    held_offer: dict[str, Any] | None = None
+    listed: bool = True
 
     async def send(self, message: messages.Message) -> None:
         """Send one frame; a socket already closing swallows it (the runner will re-attach)."""

@@ -521,22 +521,33 @@ local function ready(keys, args)
 end
 
 --[[ dispatch_v1_poll_end
-ARGV: ns, runner, conn
-Reply: {"result": "job", ...offer} when a job was assigned a moment earlier, else
-{"result": "none"} (the runner has left every idle set) or {"result": "stale"}.
+ARGV: ns, runner, conn, mode ('offer' by default, or 'release')
+Reply: {"result": "job", ...offer} when a job was assigned a moment earlier (mode 'offer'), or
+{"result": "released"} when such a job went back to the queue (mode 'release': the pod cannot
+send it, the runner did not ask), else {"result": "none"} or {"result": "stale"}.
+Invariant: afterwards the runner is in no idle set and holds no undelivered job.
 ]]
 local function poll_end(keys, args)
-  local ns, name, conn = args[1], args[2], args[3]
+  local ns, name, conn, mode = args[1], args[2], args[3], args[4]
   if not current_conn(ns, name, conn) then return cjson.encode({result = 'stale'}) end
+  unidle(ns, name)
   local r = redis.call('HMGET', runner_key(ns, name), 'job', 'attempt')
   if r[1] and r[1] ~= '' then
-    local offer = job_offer(ns, r[1])
-    if redis.call('HGET', job_key(ns, r[1]), 'status') == 'claimed' and tostring(offer.attempt) == r[2] then
-      offer.result = 'job'
-      return cjson.encode(offer)
+    local j = load_job(ns, r[1])
+    if j.status == 'claimed' and j.attempt == r[2] and j.runner == name then
+      if mode ~= 'release' then
+        local offer = job_offer(ns, r[1])
+        offer.result = 'job'
+        return cjson.encode(offer)
+      end
+      local now = now_ms()
+      free_runner(ns, name, j.id, now)
+      redis.call('ZREM', leases_key(ns), j.id)
+      emit(ns, now, 'released', j.id, {attempt = j.attempt, runner = name})
+      match_or_queue(ns, j.id, now, config(ns))
+      return cjson.encode({result = 'released'})
     end
   end
-  unidle(ns, name)
   return cjson.encode({result = 'none'})
 end
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from datetime import UTC, datetime
@@ -211,8 +212,9 @@ async def test_ready_without_poll_timeout_holds_the_poll_open(pod, settings, rcl
 
 
 async def test_no_job_comes_when_the_poll_timeout_expires_and_not_before(
-    pod, settings, rclient, keys
+    launch, settings, rclient, keys
 ):
+    pod = await launch(dataclasses.replace(settings, linger=0))  # DESIGN step 4 to the letter
     token = add_runner(settings, "r1", [SPEC])
     runner = await connect(pod, "r1", token)
     started = time.monotonic()
@@ -382,3 +384,38 @@ async def test_poll_timeout_bounds_1_and_900_are_accepted(pod, settings, rclient
     assert job["job"] == job_id
     await complete(runner, job)
     await assert_usable(runner, rclient, keys)
+
+
+async def test_after_no_job_a_lingering_runner_gets_a_job_submitted_before_its_next_ready(
+    pod, settings, rclient, keys
+):
+    """With the default linger, the runner stays in the idle sets between `no_job` and its next
+    `ready`: that `ready` costs no Redis call, and a job submitted meanwhile is its answer."""
+    runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    await runner.send("ready", poll_timeout=1)
+    await runner.expect("no_job", timeout=2)
+    assert idle_runners(rclient, keys) == ["r1"]
+    job_id = submit(rclient, keys)
+    await runner.silent(0.3)  # a job is only ever sent in answer to `ready`
+    assert (job_rec(rclient, keys, job_id)["status"], job_rec(rclient, keys, job_id)["runner"]) == (
+        "claimed",
+        "r1",
+    )
+    assert (await take_job(runner))["job"] == job_id
+
+
+async def test_a_runner_that_does_not_ask_again_hands_back_the_job_held_for_it(
+    launch, settings, rclient, keys
+):
+    pod = await launch(dataclasses.replace(settings, linger=0.5))
+    quiet = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    await quiet.send("ready", poll_timeout=1)
+    await quiet.expect("no_job", timeout=2)
+    job_id = submit(rclient, keys)  # held for r1, which never sends `ready` again
+    other = await connect(pod, "r2", add_runner(settings, "r2", [SPEC]))
+    job = await take_job(other, poll_timeout=5)
+    assert (job["job"], job["attempt"]) == (job_id, 2)
+    assert runner_rec(rclient, keys, "r1")["job"] == ""
+    assert idle_runners(rclient, keys) == []
+    assert job_rec(rclient, keys, job_id)["lost_starts"] == "0"  # not a lost start
+    await quiet.silent(0.2)

@@ -510,14 +510,10 @@ async def test_the_agent_asks_again_after_no_job(env: Env) -> None:
     runner_key = env.keys.runner(RUNNER)
     async with agent_running(env, pod, poll_timeout=1):
         await eventually(lambda: env.rclient.hget(runner_key, "state") == "idle")
-        first_ready = int(str(env.rclient.hget(runner_key, "last_seen")))
-        # the first long poll ends with `no_job` after 1 s and the agent sends `ready` again
-        # (each `ready` stamps the runner's last_seen), still on the same connection
-        await eventually(
-            lambda: int(str(env.rclient.hget(runner_key, "last_seen"))) >= first_ready + 900,
-            3,
-            "a second `ready`",
-        )
+        # the first long poll ends with `no_job` after 1 s and the agent sends `ready` again,
+        # still on the same connection (that `ready` costs no Redis call while the runner
+        # lingers in the idle sets, so there is nothing to read back: the job is the proof)
+        await asyncio.sleep(1.5)
         assert env.rclient.hget(runner_key, "conn") == "1"
         job_id = env.submit({"command": ["echo", "polled"]})
         record = await final(env.client, job_id, timeout=3)
