@@ -125,6 +125,7 @@ class Client:
             return False
         attempt = int(self._redis.hget(self.keys.job(job_id), "attempt") or 0)
         results.enqueue_result(self._results, self.keys, job_id, attempt)
+        self._redis.zrem(self.keys.outbox, f"{job_id}:{attempt}")  # else a pod's tick does both
         return True
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -310,6 +311,7 @@ class AsyncClient:
             return False
         attempt = int(await self._redis.hget(self.keys.job(job_id), "attempt") or 0)
         await asyncio.to_thread(results.enqueue_result, self._results, self.keys, job_id, attempt)
+        await self._redis.zrem(self.keys.outbox, f"{job_id}:{attempt}")  # else a pod's tick does
         return True
 
     async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:

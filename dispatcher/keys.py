@@ -53,6 +53,12 @@ class Keys:
         return self._k("config")
 
     @property
+    def outbox(self) -> str:
+        """ZSET: '<job id>:<attempt>' -> ms, server-decided outcomes whose result task is not
+        queued yet (written in the same function as the outcome; drained by the pods' tick)."""
+        return self._k("outbox")
+
+    @property
     def stats(self) -> str:
         """HASH: monotonic counters (submitted, dispatched, completed, ...)."""
         return self._k("stats")

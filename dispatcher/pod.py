@@ -375,8 +375,8 @@ class Pod:
         self._joined = True
         for job_id, outcome, attempt in reply.get("reaped") or []:
             log.info("reaped job %s attempt %s: %s", job_id, attempt, outcome)
-            if outcome in ("failed", "timeout"):
-                self.spawn(self.enqueue(job_id, int(attempt)))
+        for entry in reply.get("outbox") or []:
+            self.spawn(self.drain_outbox(entry))
         for runner in reply.get("inbox") or []:
             self.spawn(self.observe(runner))
 
@@ -389,6 +389,16 @@ class Pod:
                 log.warning("tick failed: %s", exc)
             except Exception:  # the tick keeps the pod alive in Redis: never let it die
                 log.exception("tick failed")
+
+    async def drain_outbox(self, entry: str) -> None:
+        """Queue the result task of a server-decided outcome, then drop it from the outbox (any
+        pod may do this at the same time: the rq id is fixed, so the task is queued once)."""
+        job_id, _, attempt = entry.rpartition(":")
+        try:
+            await self.enqueue(job_id, int(attempt))
+            await self.redis.zrem(self.keys.outbox, entry)
+        except redis.RedisError as exc:  # stays in the outbox: the next tick tries again
+            log.warning("outbox entry %s not queued yet: %s", entry, exc)
 
     async def enqueue(self, job_id: str, attempt: int, late: bool = False) -> None:
         """Queue the result task of one attempt (rq is synchronous: run it off the loop)."""

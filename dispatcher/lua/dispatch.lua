@@ -148,6 +148,7 @@ local function next_deadline(job, cfg)
 end
 
 local function publish_done(ns, id) redis.call('PUBLISH', done_channel(ns), id) end
+local function outbox_key(ns) return key(ns, 'outbox') end
 
 -- ---------------------------------------------------------------------------------------------
 -- matching
@@ -238,6 +239,13 @@ local function finalize(ns, id, status, error, now, extra)
   if status ~= 'completed' then publish_done(ns, id) end
 end
 
+-- An outcome the server decided (no runner will resend it): its result task must be queued even
+-- if the caller dies now, so it is recorded in the outbox in this same call.
+local function finalize_by_server(ns, id, status, error, now, extra)
+  finalize(ns, id, status, error, now, extra)
+  redis.call('ZADD', outbox_key(ns), now, id .. ':' .. redis.call('HGET', job_key(ns, id), 'attempt'))
+end
+
 -- The attempt of job `j` (a load_job table) is lost: tell its runner's pod, free the runner.
 local function drop_attempt(ns, j, now)
   if j.runner and j.runner ~= '' then
@@ -252,7 +260,7 @@ local function expire_start(ns, j, now, cfg)
   local lost = redis.call('HINCRBY', job_key(ns, j.id), 'lost_starts', 1)
   emit(ns, now, 'start_expired', j.id, {attempt = j.attempt, runner = j.runner})
   if lost >= MAX_LOST_STARTS then
-    finalize(ns, j.id, 'failed', 'not started', now)
+    finalize_by_server(ns, j.id, 'failed', 'not started', now)
     return 'failed'
   end
   match_or_queue(ns, j.id, now, cfg)
@@ -267,7 +275,7 @@ local function expire_lease(ns, j, now, cfg)
     match_or_queue(ns, j.id, now, cfg)
     return 'requeued'
   end
-  finalize(ns, j.id, 'failed', 'lease expired', now, {failed_by = 'lease'})
+  finalize_by_server(ns, j.id, 'failed', 'lease expired', now, {failed_by = 'lease'})
   return 'failed'
 end
 
@@ -277,7 +285,7 @@ local function cancel_job(ns, j, reason, now)
   elseif IN_FLIGHT[j.status] then
     drop_attempt(ns, j, now)
   end
-  finalize(ns, j.id, 'canceled', reason, now, {cancel_reason = reason})
+  finalize_by_server(ns, j.id, 'canceled', reason, now, {cancel_reason = reason})
 end
 
 -- One due lease entry. Returns the outcome or nil when not due yet (then re-scored).
@@ -693,7 +701,8 @@ end
 
 --[[ dispatch_v1_tick
 ARGV: ns, pod, pod_ttl_ms, max_reap
-Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined": bool}
+Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined": bool,
+        "outbox": ['<job>:<attempt>'...] (result tasks to queue, then ZREM from the outbox)}
 "rejoined" is true when the pod was absent or past its deadline: its runners may have been
 detached by another pod's tick, so the pod must close their sockets (they reconnect).
 Keys: pods, pod:<pod>:runners/inbox, leases and the jobs/runners/pods they name.
@@ -737,7 +746,8 @@ local function tick(keys, args)
   end
   -- (an empty Lua table encodes as {}; callers treat an empty object as an empty list)
   return cjson.encode({inbox = redis.call('SMEMBERS', pod_inbox_key(ns, pod)), reaped = reaped,
-                       rejoined = rejoined})
+                       rejoined = rejoined,
+                       outbox = redis.call('ZRANGE', outbox_key(ns), 0, max_reap - 1)})
 end
 
 --[[ dispatch_v1_pod_stop

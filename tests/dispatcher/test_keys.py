@@ -36,6 +36,7 @@ def test_every_key_written_by_the_library_is_built_by_keys(rclient, keys: Keys):
         keys.pod_runners(pod),
         keys.pod_inbox(pod),
         keys.leases,
+        keys.outbox,
     }
     assert _all_keys(rclient, keys.namespace) == expected
     # the claimed runner was rung on its pod's inbox, by name

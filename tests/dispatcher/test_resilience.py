@@ -11,8 +11,10 @@ from dispatcher import functions
 from dispatcher.errors import InvalidInput
 from tests.dispatcher.support import (
     SPEC,
+    eventually,
     job_rec,
     new_job_id,
+    queued_results,
     revoke,
     runner_rec,
     submit,
@@ -101,3 +103,16 @@ def test_runner_names_that_cannot_be_a_url_segment_are_refused(rclient, keys, na
     with pytest.raises(InvalidInput):
         functions.run_sync(rclient, functions.runner_add(keys, name, "h", [SPEC]))
     assert not rclient.exists(keys.runners)
+
+
+async def test_a_cancel_by_fcall_gets_its_result_task_queued_by_a_pods_tick(
+    launch, settings, rclient, keys
+):
+    """Producers in other languages cancel with FCALL and queue nothing: the outbox, written in
+    the same function as the cancel, is drained by the pods."""
+    await launch(settings)
+    job_id = submit(rclient, keys)
+    assert functions.run_sync(rclient, functions.cancel(keys, job_id))
+    assert rclient.zrange(keys.outbox, 0, -1) == [f"{job_id}:0"]
+    await eventually(lambda: not rclient.exists(keys.outbox), 3.0)
+    assert keys.result_job_id(job_id, 0) in queued_results(rclient, keys)
