@@ -50,9 +50,10 @@ def run(settings: Settings, *, burst: bool = False, log_level: str = "INFO") -> 
     connection = redis.Redis.from_url(settings.redis_url)
     connection.ping()  # fail fast, with one line, when Redis is unreachable
     # SimpleWorker runs each task in this process. The default Worker forks a work horse per
-    # job (~5 ms each), which would cap one worker near 200 results/s; the task is a few Redis
-    # round trips of our own code, so isolation buys nothing and in-process execution keeps
-    # ≥ 1,000 results/s within reach of one or two processes. Scale out by running more.
+    # job (~5 ms each); the task is a few Redis round trips of our own code, so isolation buys
+    # nothing. Even so rq's own per-job bookkeeping costs ~2.7 ms CPU per result (see
+    # bench/results/SUMMARY.md): ~100-250 results/s per worker on a busy 2-core machine. Scale
+    # out by running more workers; a batch consumer would be the next step.
     worker = SimpleWorker(
         [keys.results_queue],
         connection=connection,
