@@ -193,7 +193,7 @@ async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) ->
         sock.prior = None
         await sock.send(messages.Ack(job=message.job, of="running"))
     else:
-        await _send_cancel(sock, message.job, message.attempt, reply["reason"])
+        await sock.push_cancel(message.job, message.attempt, reply["reason"])
 
 
 async def on_heartbeat(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
@@ -203,14 +203,7 @@ async def on_heartbeat(pod: Pod, sock: RunnerSocket, message: messages.Message) 
     if reply["result"] == "ok":
         await sock.send(messages.Ack(job=message.job, of="heartbeat"))
     else:
-        await _send_cancel(sock, message.job, message.attempt, reply["reason"])
-
-
-async def _send_cancel(sock: RunnerSocket, job: str, attempt: int, reason: str) -> None:
-    if sock.session.holds(job, attempt):
-        sock.session.fire(Event.JOB_DONE)
-    sock.forget_prior(job)
-    await sock.send(messages.Cancel(job=job, attempt=attempt, reason=reason))  # type: ignore[arg-type]
+        await sock.push_cancel(message.job, message.attempt, reply["reason"])
 
 
 async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:

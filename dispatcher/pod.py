@@ -351,10 +351,7 @@ class Pod:
         reason = job.get("cancel_reason") if ours and status == "canceled" else "lease_lost"
         if reason not in ("canceled", "timeout"):
             reason = "lease_lost"
-        if sock.session.holds(job_id, attempt):
-            sock.session.fire(Event.JOB_DONE)
-        sock.forget_prior(job_id)
-        await sock.send(messages.Cancel(job=job_id, attempt=attempt, reason=reason))  # type: ignore[arg-type]
+        await sock.push_cancel(job_id, attempt, reason)
 
     async def reconcile(self) -> None:
         """Tick once now (used after every (re)subscribe)."""

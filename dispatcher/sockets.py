@@ -10,7 +10,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from dispatcher import messages
-from dispatcher.session import Session, State
+from dispatcher.session import Event, Session, State
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,13 @@ class RunnerSocket:
                 await self.ws.close(code=code, reason=close_reason(reason))
             except Exception as exc:  # a dying socket must not take the handler down with it
                 log.debug("close of %s failed: %s", self.runner, exc)
+
+    async def push_cancel(self, job: str, attempt: int, reason: str) -> None:
+        """Send `cancel`; that attempt is no longer this connection's job in flight."""
+        if self.session.holds(job, attempt):
+            self.session.fire(Event.JOB_DONE)
+        self.forget_prior(job)
+        await self.send(messages.Cancel(job=job, attempt=attempt, reason=reason))  # type: ignore[arg-type]
 
     def forget_prior(self, job: str) -> None:
         if self.prior is not None and self.prior[0] == job:

@@ -141,10 +141,14 @@ local function free_runner(ns, name, job_id, now)
 end
 
 -- The lease deadline that matters next for an in-flight job.
+-- When a running job is past its `timeout` + grace (ms).
+local function hard_deadline(job, cfg)
+  return tonumber(job.started) + math.floor(tonumber(job.timeout) * 1000) + cfg.grace
+end
+
 local function next_deadline(job, cfg)
   if job.status == 'claimed' then return tonumber(job.start_deadline) end
-  local hard = tonumber(job.started) + math.floor(tonumber(job.timeout) * 1000) + cfg.grace
-  return math.min(tonumber(job.lease_deadline), hard)
+  return math.min(tonumber(job.lease_deadline), hard_deadline(job, cfg))
 end
 
 local function publish_done(ns, id) redis.call('PUBLISH', done_channel(ns), id) end
@@ -298,8 +302,7 @@ local function reap_job(ns, id, now, cfg)
   if j.status == 'claimed' then
     if now >= tonumber(j.start_deadline) then return expire_start(ns, j, now, cfg) end
   else
-    local hard = tonumber(j.started) + math.floor(tonumber(j.timeout) * 1000) + cfg.grace
-    if now >= hard then
+    if now >= hard_deadline(j, cfg) then
       cancel_job(ns, j, 'timeout', now)
       return 'timeout'
     end
