@@ -91,6 +91,8 @@ def build_server(
         port=port,
         ws=ChannelProtocol,
         ws_max_size=settings.max_message_bytes,
+        # permessage-deflate costs ~38 KiB per idle connection (bench/results/SUMMARY.md)
+        ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,
         lifespan="on",

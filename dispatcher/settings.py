@@ -36,6 +36,7 @@ class Settings:
     pod_ttl: float = 15.0
     job_retention: float = 7 * 24 * 3600
     linger: float = 5.0
+    ws_compression: bool = True
 
     def __post_init__(self) -> None:
         if not NAMESPACE_RE.match(self.namespace):
@@ -79,6 +80,12 @@ class Settings:
 
 
 def _convert(name: str, raw: str, type_name: Any) -> Any:
+    if type_name in ("bool", bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"DISPATCHER_{name.upper()}={raw!r} is not a boolean (on/off)")
     try:
         if type_name in ("float", float):
             return float(raw)

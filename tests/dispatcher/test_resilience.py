@@ -3,6 +3,7 @@ revoked runners, handshake races."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -116,3 +117,12 @@ async def test_a_cancel_by_fcall_gets_its_result_task_queued_by_a_pods_tick(
     assert rclient.zrange(keys.outbox, 0, -1) == [f"{job_id}:0"]
     await eventually(lambda: not rclient.exists(keys.outbox), 3.0)
     assert keys.result_job_id(job_id, 0) in queued_results(rclient, keys)
+
+
+@pytest.mark.parametrize("compression", [True, False])
+async def test_permessage_deflate_follows_the_setting(launch, settings, rclient, keys, compression):
+    pod = await launch(dataclasses.replace(settings, ws_compression=compression))
+    runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    assert bool(runner.ws.protocol.extensions) is compression
+    job_id = submit(rclient, keys)
+    assert (await take_job(runner))["job"] == job_id

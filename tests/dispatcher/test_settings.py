@@ -41,8 +41,14 @@ def test_environment_accepts_fractions_and_flags_override():
         ({"DISPATCHER_LEASE_TIMEOUT": "0"}, "lease_timeout"),
         ({"DISPATCHER_NAMESPACE": "a:b"}, "namespace"),
         ({"DISPATCHER_WAKE": "telepathy"}, "wake"),
+        ({"DISPATCHER_WS_COMPRESSION": "maybe"}, "boolean"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_compression_is_on_by_default_and_can_be_switched_off():
+    assert Settings.from_env({}).ws_compression is True
+    assert Settings.from_env({"DISPATCHER_WS_COMPRESSION": "off"}).ws_compression is False
