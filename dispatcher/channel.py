@@ -151,6 +151,8 @@ async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> N
     if lingering and (sock.held_offer is not None or sock.listed):
         await _ready_from_linger(pod, sock, message.poll_timeout)
         return
+    if sock.unlisting is not None:
+        await sock.unlisting
     info = messages.encoder.encode(message.runner).decode() if message.runner else ""
     mode = "try" if pod.settings.wake == "poll" else "wait"
     call = functions.ready(pod.keys, sock.runner, sock.conn, info, mode)

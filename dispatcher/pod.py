@@ -221,6 +221,9 @@ class Pod:
             return
         sock.session.fire(Event.LINGER_END)
         sock.held_offer = None
+        # a `ready` arriving meanwhile must reach Redis after this call, not before it (this call
+        # would take the runner out of the idle sets the `ready` just put it in)
+        sock.unlisting = asyncio.get_running_loop().create_future()
         call = functions.poll_end(self.keys, sock.runner, sock.conn, release=True)
         try:
             reply = await functions.run(self.redis, call)
@@ -228,6 +231,9 @@ class Pod:
             log.warning("linger end of %s failed: %s", sock.runner, exc)
             await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
             return
+        finally:
+            sock.unlisting.set_result(None)
+            sock.unlisting = None
         if reply["result"] == "stale":
             await self.observe(sock.runner)
 

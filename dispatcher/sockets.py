@@ -38,6 +38,7 @@ class RunnerSocket:
     # runner is still in the idle sets (False once something took it out).
     held_offer: dict[str, Any] | None = None
     listed: bool = True
+    unlisting: asyncio.Future[None] | None = None  # set while the pod ends a linger in Redis
 
     async def send(self, message: messages.Message) -> None:
         """Send one frame; a socket already closing swallows it (the runner will re-attach)."""
