@@ -23,6 +23,7 @@ import redis.asyncio
 from dispatcher import functions, messages
 from dispatcher.doorbell import Doorbell
 from dispatcher.keys import Keys
+from dispatcher.longpoll import LongPoll
 from dispatcher.records import rfc3339
 from dispatcher.results import enqueue_result, results_queue
 from dispatcher.session import Event, State
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 CLOSE_GOING_AWAY = 1001
 CLOSE_REVOKED = 4001
 CLOSE_SUPERSEDED = 4002
-CLOSE_INTERNAL = 1011
 STOP_WAIT = 2.0
 IN_FLIGHT = frozenset({"claimed", "running"})
 REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
@@ -54,7 +54,7 @@ def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
     )
 
 
-class Pod:
+class Pod(LongPoll):
     """Everything one dispatcher process does besides serving HTTP."""
 
     def __init__(self, settings: Settings, pod_id: str | None = None) -> None:
@@ -188,108 +188,6 @@ class Pod:
         sock.cancel_poll_timer()
         sock.session.start_job(offer["job"], int(offer["attempt"]), Event.SEND_JOB)
         await sock.send(job_message(offer, self.settings))
-
-    # -- long poll ----------------------------------------------------------------------------
-
-    def arm_poll(self, sock: RunnerSocket, seconds: float) -> None:
-        """Hold the poll open: until the deadline (pub/sub) or retrying each poll interval."""
-        poll = sock.session.poll
-        loop = asyncio.get_running_loop()
-        if self.settings.wake == "poll":
-            self._arm_poll_try(sock, poll, loop.time() + seconds)
-            return
-        sock.poll_timer = loop.call_later(seconds, lambda: self.spawn(self.expire_poll(sock, poll)))
-
-    async def expire_poll(self, sock: RunnerSocket, poll: int) -> None:
-        """The long poll expired: `no_job`, and linger in the idle sets (no Redis call)."""
-        if sock.closed or sock.session.state is not State.POLLING or sock.session.poll != poll:
-            return
-        if self.settings.linger <= 0:  # no lingering: leave the idle sets with the `no_job`
-            await self.end_poll(sock, poll)
-            return
-        sock.session.fire(Event.LINGER)
-        sock.held_offer, sock.listed = None, True
-        loop = asyncio.get_running_loop()
-        sock.poll_timer = loop.call_later(
-            self.settings.linger, lambda: self.spawn(self.end_linger(sock, poll))
-        )
-        await sock.send(messages.NoJob())
-
-    async def end_linger(self, sock: RunnerSocket, poll: int) -> None:
-        """No `ready` came after `no_job`: leave the idle sets, handing back a held job."""
-        if sock.closed or sock.session.state is not State.LINGERING or sock.session.poll != poll:
-            return
-        sock.session.fire(Event.LINGER_END)
-        sock.held_offer = None
-        # a `ready` arriving meanwhile must reach Redis after this call, not before it (this call
-        # would take the runner out of the idle sets the `ready` just put it in)
-        sock.unlisting = asyncio.get_running_loop().create_future()
-        call = functions.poll_end(self.keys, sock.runner, sock.conn, release=True)
-        try:
-            reply = await functions.run(self.redis, call)
-        except redis.RedisError as exc:
-            log.warning("linger end of %s failed: %s", sock.runner, exc)
-            await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
-            return
-        finally:
-            sock.unlisting.set_result(None)
-            sock.unlisting = None
-        if reply["result"] == "stale":
-            await self.observe(sock.runner)
-
-    async def unlinger(self, sock: RunnerSocket) -> None:
-        """A lingering runner sent something other than `ready`: end the linger first."""
-        if sock.session.state is State.LINGERING:
-            sock.cancel_poll_timer()
-            await self.end_linger(sock, sock.session.poll)
-
-    def _arm_poll_try(self, sock: RunnerSocket, poll: int, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        delay = min(self.settings.poll_interval, max(0.0, deadline - loop.time()))
-        sock.poll_timer = loop.call_later(
-            delay, lambda: self.spawn(self._poll_try(sock, poll, deadline))
-        )
-
-    async def _poll_try(self, sock: RunnerSocket, poll: int, deadline: float) -> None:
-        """The polling baseline: ask Redis for a job once per poll interval."""
-        if sock.closed or sock.session.state is not State.POLLING or sock.session.poll != poll:
-            return
-        if asyncio.get_running_loop().time() >= deadline:
-            sock.session.fire(Event.NO_JOB)
-            await sock.send(messages.NoJob())
-            return
-        call = functions.ready(self.keys, sock.runner, sock.conn, "", mode="try")
-        reply = await functions.run(self.redis, call)
-        if sock.session.state is not State.POLLING or sock.session.poll != poll:
-            return
-        if reply["result"] == "job":
-            await self.deliver(sock, reply)
-        elif reply["result"] == "none":
-            self._arm_poll_try(sock, poll, deadline)
-        else:
-            await self.observe(sock.runner)
-
-    async def end_poll(self, sock: RunnerSocket, poll: int) -> None:
-        """The long poll expired: send a job assigned a moment earlier, or `no_job`."""
-        if sock.closed or sock.session.state is not State.POLLING or sock.session.poll != poll:
-            return
-        try:
-            reply = await functions.run(
-                self.redis, functions.poll_end(self.keys, sock.runner, sock.conn)
-            )
-        except redis.RedisError as exc:  # the poll must end somehow: the runner reconnects
-            log.warning("poll end of %s failed: %s", sock.runner, exc)
-            await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
-            return
-        if sock.session.state is not State.POLLING or sock.session.poll != poll:
-            return  # a doorbell delivered the job meanwhile
-        if reply["result"] == "job":
-            await self.deliver(sock, reply)
-        elif reply["result"] == "none":
-            sock.session.fire(Event.NO_JOB)
-            await sock.send(messages.NoJob())
-        else:
-            await self.observe(sock.runner)
 
     # -- doorbell and reconcile ----------------------------------------------------------------
 
