@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.1
 RETRY_MAX = 30.0
+# The liveness probe: a message the pod publishes on its own bell channel. A runner name can never
+# be this ('!' is not allowed in names), so it is never taken for a doorbell.
+PROBE = "!probe"
 
 
 class Doorbell:
@@ -42,6 +45,8 @@ class Doorbell:
         self._stopped = stopped
         self._delay = RETRY_MIN  # back-off of the next reconnect; reset by every confirmation
         self.live = False
+        self._probe_sent: float | None = None  # loop time of the last probe published
+        self._probe_seen = 0.0  # loop time the last probe came back
 
     async def run(self) -> None:
         """Listen until cancelled, rebuilding the connection with jittered back-off."""
@@ -56,6 +61,19 @@ class Doorbell:
                 log.warning("doorbell connection lost (%s); retrying in %.1fs", exc, self._delay)
                 await asyncio.sleep(self._delay * random.uniform(0.8, 1.2))
                 self._delay = min(self._delay * 2, RETRY_MAX)
+
+    def probe_published(self, now: float) -> None:
+        """The pod published a probe at loop time ``now``."""
+        self._probe_sent = now
+
+    def probe_overdue(self, now: float, timeout: float) -> bool:
+        """A probe went out ``timeout`` ago or more and has not come back: the subscription is
+        dead without an error (a half-open connection, a proxy that dropped it)."""
+        sent = self._probe_sent
+        return sent is not None and self._probe_seen < sent and now - sent >= timeout
+
+    def reset_probe(self) -> None:
+        self._probe_sent, self._probe_seen = None, 0.0
 
     async def _listen(self) -> None:
         client = redis.asyncio.Redis.from_url(
@@ -77,7 +95,11 @@ class Doorbell:
         kind = message.get("type")
         if kind == "message":
             data = message["data"]
-            self._on_bell(data.decode() if isinstance(data, bytes) else str(data))
+            name = data.decode() if isinstance(data, bytes) else str(data)
+            if name == PROBE:
+                self._probe_seen = asyncio.get_running_loop().time()
+            else:
+                self._on_bell(name)
         elif kind == "subscribe":
             self.live = True
             self._delay = RETRY_MIN

@@ -21,7 +21,7 @@ import redis
 import redis.asyncio
 
 from dispatcher import functions, messages
-from dispatcher.doorbell import Doorbell
+from dispatcher.doorbell import PROBE, Doorbell
 from dispatcher.keys import Keys
 from dispatcher.longpoll import LongPoll
 from dispatcher.records import rfc3339
@@ -36,6 +36,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_REVOKED = 4001
 CLOSE_SUPERSEDED = 4002
 STOP_WAIT = 2.0
+PROBE_EVERY_TICKS = 10  # a doorbell probe every 10 reconcile intervals (10 s by default)
 IN_FLIGHT = frozenset({"claimed", "running"})
 REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
 REDIS_POOL_TIMEOUT = 10.0  # s a command may wait for a free connection before it fails
@@ -87,6 +88,7 @@ class Pod(LongPoll):
         self.stopping = False
         self._stopped = False
         self._joined = False
+        self._doorbell_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -102,7 +104,8 @@ class Pod(LongPoll):
         await self.redis.set(self.keys.schema, 1, nx=True)
         await self.tick()
         if self.settings.wake == "pubsub":
-            self._tasks.append(asyncio.create_task(self.doorbell.run(), name="doorbell"))
+            self._doorbell_task = asyncio.create_task(self.doorbell.run(), name="doorbell")
+            self._tasks.append(self._doorbell_task)
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
 
     async def close_sockets(self) -> None:
@@ -282,14 +285,37 @@ class Pod(LongPoll):
             self.spawn(self.observe(runner))
 
     async def _tick_loop(self) -> None:
+        ticks = 0
         while not self._stopped:
             await asyncio.sleep(self.settings.reconcile_interval)
+            ticks += 1
             try:
                 await self.tick()
+                if self.settings.wake == "pubsub" and ticks % PROBE_EVERY_TICKS == 0:
+                    await self._probe_doorbell()
             except redis.RedisError as exc:
                 log.warning("tick failed: %s", exc)
             except Exception:  # the tick keeps the pod alive in Redis: never let it die
                 log.exception("tick failed")
+
+    async def _probe_doorbell(self) -> None:
+        """Publish a probe on our own bell; rebuild the subscription if the last one never came
+        back (pub/sub can die silently while the connection looks fine, and /readyz with it)."""
+        now = asyncio.get_running_loop().time()
+        timeout = PROBE_EVERY_TICKS * self.settings.reconcile_interval
+        if self.doorbell.probe_overdue(now, timeout):
+            log.warning("pod %s: doorbell probe not received; rebuilding the subscription", self.id)
+            self.doorbell.live = False
+            self.doorbell.reset_probe()
+            old = self._doorbell_task
+            self._doorbell_task = asyncio.create_task(self.doorbell.run(), name="doorbell")
+            self._tasks = [t for t in self._tasks if t is not old] + [self._doorbell_task]
+            if old is not None:
+                old.cancel()
+            return
+        if self.doorbell.live:
+            await self.redis.publish(self.keys.pod_channel(self.id), PROBE)
+            self.doorbell.probe_published(now)
 
     async def drain_outbox(self, entry: str) -> None:
         """Queue the result task of a server-decided outcome, then drop it from the outbox (any
