@@ -8,7 +8,7 @@ import redis
 
 from dispatcher import functions
 from dispatcher.keys import Keys
-from dispatcher.records import runner_record
+from dispatcher.records import runner_record, text
 from dispatcher.tokens import new_token, token_hash
 
 
@@ -26,7 +26,7 @@ def add_runner(client: redis.Redis, keys: Keys, name: str, specs: list[str]) -> 
 
 def list_runners(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """Every registered runner's record, sorted by name."""
-    names = sorted(_text(name) for name in client.smembers(keys.runners))
+    names = sorted(text(name) for name in client.smembers(keys.runners))
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(keys.runner(name))
@@ -40,7 +40,3 @@ def revoke_runner(client: redis.Redis, keys: Keys, name: str) -> None:
     Raises ``NotFound`` (a ``KeyError``) when there is no such runner.
     """
     functions.run_sync(client, functions.runner_revoke(keys, name))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

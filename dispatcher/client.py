@@ -24,7 +24,7 @@ import redis.asyncio
 from dispatcher import functions, results
 from dispatcher.errors import NotFound
 from dispatcher.keys import Keys
-from dispatcher.records import FINAL_STATUSES, job_record
+from dispatcher.records import FINAL_STATUSES, job_record, text
 from dispatcher.settings import Settings
 from dispatcher.status import read_status, read_status_async
 from dispatcher.submission import check_job_id, job_request
@@ -40,16 +40,12 @@ def _client_name(settings: Settings) -> str:
     return f"dispatcher-client:{settings.namespace}"
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _stream_entries(reply: Any) -> Iterator[EventEntry]:
     """The entries of an XREAD reply as flat dicts, the stream id under ``id``."""
     for _stream, entries in reply or ():
         for entry_id, fields in entries:
-            event = {str(_text(k)): str(_text(v)) for k, v in fields.items()}
-            event["id"] = str(_text(entry_id))
+            event = {str(text(k)): str(text(v)) for k, v in fields.items()}
+            event["id"] = str(text(entry_id))
             yield event
 
 
@@ -199,7 +195,7 @@ class Client:
     # -- helpers --------------------------------------------------------------------------------
 
     def _final_record(self, job_id: str) -> dict[str, Any] | None:
-        status = _text(self._redis.hget(self.keys.job(job_id), "status"))
+        status = text(self._redis.hget(self.keys.job(job_id), "status"))
         if status is None:
             raise NotFound(f"no such job: {job_id}")
         return self.get(job_id) if status in FINAL_STATUSES else None
@@ -228,7 +224,7 @@ class Client:
                 continue
             if message["type"] == "subscribe":
                 return  # re-subscribed after a reconnect: a message may have been lost
-            if message["type"] == "message" and _text(message["data"]) == job_id:
+            if message["type"] == "message" and text(message["data"]) == job_id:
                 return
 
     @staticmethod
@@ -378,7 +374,7 @@ class AsyncClient:
     # -- helpers --------------------------------------------------------------------------------
 
     async def _final_record(self, job_id: str) -> dict[str, Any] | None:
-        status = _text(await self._redis.hget(self.keys.job(job_id), "status"))
+        status = text(await self._redis.hget(self.keys.job(job_id), "status"))
         if status is None:
             raise NotFound(f"no such job: {job_id}")
         return await self.get(job_id) if status in FINAL_STATUSES else None

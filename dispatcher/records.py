@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 FINAL_STATUSES = frozenset({"processed", "failed", "canceled"})
 
@@ -17,11 +17,17 @@ def rfc3339(ms: str | int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@overload
+def text(value: bytes | str) -> str: ...
+@overload
+def text(value: None) -> None: ...
+def text(value: bytes | str | None) -> str | None:
+    """A Redis reply value as text (clients may or may not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def _json_or_none(text: str | None) -> Any:

@@ -20,7 +20,7 @@ from rq.queue import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 from dispatcher.keys import Keys
-from dispatcher.records import rfc3339
+from dispatcher.records import rfc3339, text
 
 Command = tuple[str | int, ...]
 Plan = Generator[list[Command], list[Any], dict[str, Any]]
@@ -34,7 +34,7 @@ def status_plan(keys: Keys) -> Plan:
         ("SMEMBERS", keys.runners),
     ]
     now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
-    specs, runners = sorted(map(_text, specs_raw)), sorted(map(_text, runners_raw))
+    specs, runners = sorted(map(text, specs_raw)), sorted(map(text, runners_raw))
     queue = keys.results_queue
     replies = yield [
         *[("ZCARD", keys.pending(spec)) for spec in specs],
@@ -50,7 +50,7 @@ def status_plan(keys: Keys) -> Plan:
     n = len(specs)
     pending, idle, states = replies[:n], replies[n : 2 * n], replies[2 * n : 2 * n + len(runners)]
     pods, leases, counters, queued, scheduled, failed = replies[2 * n + len(runners) :]
-    by_state = Counter(_text(state) if state else "offline" for state in states)
+    by_state = Counter(text(state) if state else "offline" for state in states)
     return {
         "namespace": keys.namespace,
         "time": rfc3339(now_ms),
@@ -64,9 +64,9 @@ def status_plan(keys: Keys) -> Plan:
             "busy": by_state["busy"],
             "offline": by_state["offline"],
         },
-        "pods": sorted(map(_text, pods)),
+        "pods": sorted(map(text, pods)),
         "leases": int(leases),
-        "counters": {_text(k): int(v) for k, v in sorted(counters.items())},
+        "counters": {text(k): int(v) for k, v in sorted(counters.items())},
         "results": {
             "queue": queue,
             "queued": int(queued),
@@ -107,7 +107,3 @@ def _queue(
 ) -> None:
     for command in batch:
         pipe.execute_command(*command)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

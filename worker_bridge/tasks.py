@@ -21,7 +21,7 @@ from rq import get_current_job
 
 from dispatcher import functions
 from dispatcher.keys import Keys
-from dispatcher.records import FINAL_STATUSES
+from dispatcher.records import FINAL_STATUSES, text
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def _record_once(conn: redis.Redis, keys: Keys, job_id: str, attempt: int, statu
     job_key = keys.job(job_id)
 
     def record(pipe: redis.client.Pipeline) -> None:
-        current, done = (_text(v) for v in pipe.hmget(job_key, ["attempt", RECORDED_FIELD]))
+        current, done = (text(v) for v in pipe.hmget(job_key, ["attempt", RECORDED_FIELD]))
         if current != str(attempt) or done == str(attempt):
             return  # a stale attempt, or recorded before
         seconds, micros = pipe.time()
@@ -84,7 +84,3 @@ def _record_once(conn: redis.Redis, keys: Keys, job_id: str, attempt: int, statu
         )
 
     conn.transaction(record, job_key)
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
