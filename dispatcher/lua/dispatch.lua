@@ -293,8 +293,9 @@ local function cancel_job(ns, j, reason, now)
 end
 
 -- One due lease entry. Returns the outcome or nil when not due yet (then re-scored).
-local function reap_job(ns, id, now, cfg)
-  local j = load_job(ns, id)
+-- `loaded`: the job's control fields when the caller has them current already (hot paths).
+local function reap_job(ns, id, now, cfg, loaded)
+  local j = loaded or load_job(ns, id)
   if not IN_FLIGHT[j.status] then
     redis.call('ZREM', leases_key(ns), id)
     return nil
@@ -618,11 +619,13 @@ local function start(keys, args)
   local jk = job_key(ns, id)
   if j.status == 'claimed' then
     redis.call('HSET', jk, 'status', 'running', 'started', tostring(now), 'lost_starts', '0')
+    j.status, j.started, j.lost_starts = 'running', tostring(now), '0'
     redis.call('HINCRBY', jk, 'runs', 1)
     emit(ns, now, 'running', id, {attempt = attempt, runner = name})
   end
-  redis.call('HSET', jk, 'lease_deadline', tostring(now + cfg.lease))
-  if reap_job(ns, id, now, cfg) == 'timeout' then
+  j.lease_deadline = tostring(now + cfg.lease)
+  redis.call('HSET', jk, 'lease_deadline', j.lease_deadline)
+  if reap_job(ns, id, now, cfg, j) == 'timeout' then
     return cjson.encode({result = 'cancel', reason = 'timeout'})
   end
   redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', attempt,
@@ -644,8 +647,9 @@ local function heartbeat(keys, args)
   end
   if j.status == 'running' then
     local now, cfg = now_ms(), config(ns)
-    redis.call('HSET', job_key(ns, id), 'lease_deadline', tostring(now + cfg.lease))
-    if reap_job(ns, id, now, cfg) == 'timeout' then
+    j.lease_deadline = tostring(now + cfg.lease)
+    redis.call('HSET', job_key(ns, id), 'lease_deadline', j.lease_deadline)
+    if reap_job(ns, id, now, cfg, j) == 'timeout' then
       return cjson.encode({result = 'cancel', reason = 'timeout'})
     end
   end
