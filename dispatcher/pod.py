@@ -222,7 +222,12 @@ class Pod(LongPoll):
         reply = await functions.run(
             self.redis, functions.observe(self.keys, self.id, runner, local_job)
         )
-        if sock is None or sock.closed or self.sockets.get(runner) is not sock:
+        if self.sockets.get(runner) is not sock:
+            # a connection was attached (or replaced) here while the call ran: the call took the
+            # runner out of the inbox, so nothing would ring again for it; look again for that one
+            self._observing[runner] = True
+            return
+        if sock is None or sock.closed:
             return
         if not reply["exists"]:
             await sock.close(CLOSE_REVOKED, "runner token revoked")
