@@ -182,8 +182,10 @@ class Agent:
                 self._job_cancel.set()
             case PersistResult(message=message):
                 await asyncio.to_thread(self._persist, message)
-            case DropPersisted():
+            case DropPersisted(job=job, acknowledged=acknowledged):
                 await asyncio.to_thread(self._spool.remove_result)
+                if acknowledged:  # only now: whoever reads this may rely on the spool being empty
+                    log.info("result of job %s acknowledged", job)
             case Exit(code=code):
                 log.info("exiting with status %d", code)
                 return code

@@ -137,9 +137,11 @@ class PersistResult:
 
 @dataclass(frozen=True)
 class DropPersisted:
-    """The dispatcher acknowledged the held result for ``job``: remove it from the spool."""
+    """Remove the held result for ``job`` from the spool: the dispatcher acknowledged it
+    (``acknowledged``; the driver says so once the file is gone), or refused it for good."""
 
     job: str
+    acknowledged: bool = True
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,7 @@ class RunnerMachine:
         if self._state not in (S.RESENDING, S.AWAITING_ACK) or held is None or not correlated:
             log.debug("ack of %s for job %s: nothing waits for it", ack.of, ack.job)
             return self._state
-        log.info("result of job %s acknowledged", held.job)
+        # "acknowledged" is logged by the driver once the spool no longer holds the result
         self._held = self._deadline = None
         self._emit(DropPersisted(held.job))
         if self.draining:
@@ -414,7 +414,7 @@ class RunnerMachine:
         self._held = shrink_result(held, event.code, event.reason)
         if self._held is None:
             log.error("the dispatcher refused even the bare result of job %s; dropped", held.job)
-            self._emit(DropPersisted(held.job))
+            self._emit(DropPersisted(held.job, acknowledged=False))
         else:
             log.error("the dispatcher refused the result of job %s; re-sending it bare", held.job)
             self._emit(PersistResult(self._held))

@@ -151,7 +151,9 @@ def test_refused_result_is_shrunk_then_dropped() -> None:  # 7, 35 done right
     assert "close 1009" in bare.error
     machine.handle(TICK, 2.0)
     assert machine.handle(Connected(), 2.0) == [send(bare)]
-    assert machine.handle(ConnectionLost(1007, "invalid"), 3.0) == [DropPersisted(J1)]
+    assert machine.handle(ConnectionLost(1007, "invalid"), 3.0) == [
+        DropPersisted(J1, acknowledged=False)
+    ]
     machine.handle(TICK, 4.0)
     assert machine.handle(Connected(), 4.0) == [send(READY)]
 
