@@ -144,7 +144,43 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def is_waiting(rclient: RClient, keys: Keys, name: str, spec: str = SPEC) -> bool:
+    """``name`` waits in a long poll: in the idle set of ``spec``, its record says polling=1."""
+    return (
+        rclient.zscore(keys.idle(spec), name) is not None
+        and rclient.hget(keys.runner(name), "polling") == "1"
+    )
+
+
+async def until_waiting(
+    rclient: RClient, keys: Keys, name: str, spec: str = SPEC, timeout: float = 5.0
+) -> None:
+    """Wait until the `ready` of ``name`` has put it in the idle set of ``spec`` (not a sleep)."""
+    await eventually(
+        lambda: is_waiting(rclient, keys, name, spec), timeout, what=f"{name} waiting for {spec}"
+    )
+
+
+async def until_pod(
+    rclient: RClient, keys: Keys, name: str, pod_id: str, timeout: float = 5.0
+) -> None:
+    """Wait until the record of ``name`` names ``pod_id`` ('' once it is detached)."""
+    await eventually(
+        lambda: runner_rec(rclient, keys, name).get("pod") == pod_id,
+        timeout,
+        what=f"{name} attached to pod {pod_id!r}",
+    )
+
+
 # -- runner flows -----------------------------------------------------------------------------
+
+
+async def ready_and_waiting(
+    runner: RawRunner, rclient: RClient, keys: Keys, poll_timeout: int = 10, spec: str = SPEC
+) -> None:
+    """``ready``, then wait until the runner waits in the idle set of ``spec``."""
+    await runner.send("ready", poll_timeout=poll_timeout)
+    await until_waiting(rclient, keys, runner.name, spec)
 
 
 async def take_job(

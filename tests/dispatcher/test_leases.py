@@ -19,10 +19,12 @@ from tests.dispatcher.support import (
     lease,
     pending_ids,
     queued_results,
+    ready_and_waiting,
     runner_rec,
     start_job,
     submit,
     take_job,
+    until_pod,
 )
 from tests.podkit import add_runner, connect
 
@@ -37,18 +39,17 @@ async def test_start_deadline_expiry_requeues_to_another_waiting_runner(
     pod = await launch(fast(settings, start_timeout=0.4))
     slow = await connect(pod, "slow", add_runner(settings, "slow", [SPEC]))
     spare = await connect(pod, "spare", add_runner(settings, "spare", [SPEC]))
-    await slow.send("ready", poll_timeout=10)
-    await asyncio.sleep(0.05)
+    await ready_and_waiting(slow, rclient, keys)
+    assigned = time.monotonic()  # before the submit, which assigns (and starts the deadline)
     job_id = submit(rclient, keys, max_attempts=1)
-    assigned = time.monotonic()
     assert (await slow.expect("job"))["attempt"] == 1
     await spare.send("ready", poll_timeout=10)
 
-    job2 = await spare.expect("job", timeout=3)
+    job2 = await spare.expect("job", timeout=5)
     waited = time.monotonic() - assigned
     assert (job2["job"], job2["attempt"]) == (job_id, 2)
     assert waited >= 0.35, f"requeued after {waited:.2f} s, before the start deadline"
-    await expect_cancel(slow, job_id, 1, "lease_lost", timeout=2)
+    await expect_cancel(slow, job_id, 1, "lease_lost", timeout=5)
     rec = job_rec(rclient, keys, job_id)
     assert (rec["status"], rec["runner"], rec["attempt"], rec["lost_starts"]) == (
         "claimed",
@@ -101,7 +102,8 @@ async def test_five_start_expiries_in_a_row_fail_the_job_not_started(
 
 
 async def test_running_resets_the_count_of_start_expiries(launch, settings, rclient, keys):
-    pod = await launch(fast(settings, start_timeout=0.15, lease_timeout=0.15))
+    # 0.5 s: the `running` of attempt 5 must arrive within the start timeout on a busy machine
+    pod = await launch(fast(settings, start_timeout=0.5, lease_timeout=0.5))
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
     job_id = submit(rclient, keys, max_attempts=2)
     for attempt in (1, 2, 3, 4):
@@ -123,9 +125,9 @@ async def test_lease_expiry_fails_the_job_when_no_attempts_remain(launch, settin
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
     job_id = submit(rclient, keys, max_attempts=1)
     job = await take_job(runner)
+    started = time.monotonic()  # before `running`, which starts the lease
     await start_job(runner, job)
-    started = time.monotonic()
-    await expect_cancel(runner, job_id, 1, "lease_lost", timeout=3)
+    await expect_cancel(runner, job_id, 1, "lease_lost", timeout=5)
     assert time.monotonic() - started >= 0.35
     rec = job_rec(rclient, keys, job_id)
     assert (rec["status"], rec["error"]) == ("failed", "lease expired")
@@ -144,8 +146,7 @@ async def test_lease_expiry_requeues_while_attempts_remain(launch, settings, rcl
     pod = await launch(fast(settings, lease_timeout=0.4))
     first = await connect(pod, "first", add_runner(settings, "first", [SPEC]))
     second = await connect(pod, "second", add_runner(settings, "second", [SPEC]))
-    await first.send("ready", poll_timeout=10)
-    await asyncio.sleep(0.05)
+    await ready_and_waiting(first, rclient, keys)
     job_id = submit(rclient, keys, max_attempts=2)
     job = await first.expect("job")
     await start_job(first, job)
@@ -168,13 +169,15 @@ async def test_lease_expiry_requeues_while_attempts_remain(launch, settings, rcl
 
 
 async def test_heartbeats_keep_the_lease_alive(launch, settings, rclient, keys):
-    pod = await launch(fast(settings, lease_timeout=0.4))
+    # a 1 s lease and a heartbeat every 0.2 s: 0.8 s of slack for each round trip
+    pod = await launch(fast(settings, lease_timeout=1.0))
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
     job_id = submit(rclient, keys)
     job = await take_job(runner)
     await start_job(runner, job)
-    for _ in range(6):  # 0.72 s, almost two lease lengths
-        await asyncio.sleep(0.12)
+    started = time.monotonic()
+    while time.monotonic() - started < 2.2:  # more than two lease lengths
+        await asyncio.sleep(0.2)
         await runner.send("heartbeat", job=job_id, attempt=1)
         await expect_ack(runner, job_id, "heartbeat")
     assert job_rec(rclient, keys, job_id)["status"] == "running"
@@ -197,16 +200,17 @@ async def test_lease_expires_for_a_disconnected_runner(launch, settings, rclient
 async def test_job_timeout_plus_grace_cancels_the_job_with_reason_timeout(
     launch, settings, rclient, keys
 ):
-    pod = await launch(fast(settings, timeout_grace=0.2, lease_timeout=10))
+    pod = await launch(fast(settings, timeout_grace=0.3, lease_timeout=30))
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
-    job_id = submit(rclient, keys, timeout=0.3)
+    job_id = submit(rclient, keys, timeout=0.5)
     job = await take_job(runner)
-    assert job["timeout"] == 0.3
+    assert job["timeout"] == 0.5
+    started = time.monotonic()  # before `running`: the deadline is at least 0.8 s after this
     await start_job(runner, job)
-    started = time.monotonic()
-    await runner.silent(0.42)  # not before timeout + grace
-    await expect_cancel(runner, job_id, 1, "timeout", timeout=2)
-    assert time.monotonic() - started < 1.2
+    await runner.silent(started + 0.75 - time.monotonic())  # not before timeout + grace
+    await expect_cancel(runner, job_id, 1, "timeout", timeout=5)
+    # the reaper's tick cancels it, long before the lease (30 s) would end the attempt
+    assert time.monotonic() - started < 10
     rec = job_rec(rclient, keys, job_id)
     assert (rec["status"], rec["cancel_reason"]) == ("canceled", "timeout")
     assert lease(rclient, keys, job_id) is None
@@ -238,7 +242,7 @@ async def test_ready_with_a_running_job_on_record_ends_that_attempt_at_once(
     job = await take_job(runner)
     await start_job(runner, job)
     await runner.close()
-    await asyncio.sleep(0.05)
+    await until_pod(rclient, keys, "r1", "")  # the pod has detached the closed connection
     again = await connect(pod, "r1", token)
     await assert_usable(again, rclient, keys)  # the failed job is not offered again
     rec = job_rec(rclient, keys, job_id)
@@ -256,7 +260,7 @@ async def test_ready_with_a_running_job_on_record_requeues_it_when_attempts_rema
     job = await take_job(runner)
     await start_job(runner, job)
     await runner.close()
-    await asyncio.sleep(0.05)
+    await until_pod(rclient, keys, "r1", "")  # the pod has detached the closed connection
     again = await connect(pod, "r1", token)
     job2 = await take_job(again, timeout=1)
     assert (job2["job"], job2["attempt"]) == (job_id, 2)
@@ -270,7 +274,7 @@ async def test_ready_with_a_claimed_job_on_record_ends_that_attempt(pod, setting
     job_id = submit(rclient, keys, max_attempts=1)
     await take_job(runner)
     await runner.close()
-    await asyncio.sleep(0.05)
+    await until_pod(rclient, keys, "r1", "")  # the pod has detached the closed connection
     again = await connect(pod, "r1", token)
     job2 = await take_job(again, timeout=1)  # a start expiry does not use up an attempt
     assert (job2["job"], job2["attempt"]) == (job_id, 2)
@@ -284,15 +288,15 @@ async def test_heartbeat_past_timeout_and_grace_is_answered_cancel_timeout(
     launch, settings, rclient, keys
 ):
     """Even before the reaper's tick notices (slow tick here), the heartbeat itself is told."""
-    slow_tick = dataclasses.replace(settings, reconcile_interval=30, pod_ttl=90, timeout_grace=0.1)
+    slow_tick = dataclasses.replace(settings, reconcile_interval=30, pod_ttl=90, timeout_grace=0.5)
     pod = await launch(slow_tick)
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
-    job_id = submit(rclient, keys, timeout=0.2)
+    job_id = submit(rclient, keys, timeout=1)
     job = await take_job(runner)
     await start_job(runner, job)
     await runner.send("heartbeat", job=job_id, attempt=1)
     await expect_ack(runner, job_id, "heartbeat")  # within the limit: no false timeout
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.6)  # the scenario: timeout + grace (1.5 s from `running`) passes
     await runner.send("heartbeat", job=job_id, attempt=1)
     await expect_cancel(runner, job_id, 1, "timeout")
     rec = job_rec(rclient, keys, job_id)
@@ -330,7 +334,7 @@ async def test_lease_loss_reaches_a_reconnected_runner_before_it_reattaches(
     await start_job(runner, job)
     await runner.close()
     again = await connect(pod, "r1", token)
-    await expect_cancel(again, job_id, 1, "lease_lost", timeout=1.5)
+    await expect_cancel(again, job_id, 1, "lease_lost", timeout=5)
 
 
 async def test_heartbeats_without_running_do_not_count_as_a_start(launch, settings, rclient, keys):
