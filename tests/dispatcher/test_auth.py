@@ -11,6 +11,7 @@ import websockets
 
 from tests.dispatcher.support import (
     SPEC,
+    eventually,
     expect_ack,
     job_rec,
     pending_ids,
@@ -152,11 +153,27 @@ async def test_too_many_connection_attempts_are_refused_429_with_retry_after(
     pod = await launch(dataclasses.replace(settings, connect_rate=3))
     token = add_runner(settings, "r1", [SPEC])
     other = add_runner(settings, "r2", [SPEC])
-    if time.time() % 60 > 55:  # the limit counts per clock minute: stay inside one
-        await asyncio.sleep(60 - time.time() % 60 + 0.1)
-    for _ in range(3):
+    first_minute = int(time.time() // 60)
+    for _ in range(3):  # within the limit, however the attempts fall on clock minutes
         assert await handshake(pod, "r1", f"Bearer {token}") == 101
-    await asyncio.sleep(0.1)
+    minute = int(time.time() // 60)
+    counters = [rclient.get(keys.connect_rate("r1", m)) for m in range(first_minute, minute + 1)]
+    assert sum(int(c or 0) for c in counters) == 3  # each attempt counted once
+    # The limit counts per clock minute. The 4th attempt must be refused wherever this test runs
+    # in the minute: if the three attempts straddled a boundary, top this minute's counter up to
+    # the limit (a no-op otherwise), and the next minute's too in case the 4th lands there.
+    for m in (minute, minute + 1):
+        key = keys.connect_rate("r1", m)
+        rclient.set(key, max(3, int(rclient.get(key) or 0)), ex=120)
+    # every accepted connection has been attached and detached again (else `before` would race
+    # the pod's bookkeeping of those connections)
+    await eventually(
+        lambda: (
+            runner_rec(rclient, keys, "r1").get("conn") == "3"
+            and runner_rec(rclient, keys, "r1").get("pod") == ""
+        ),
+        what="the three connections attached and detached",
+    )
     before = everything(rclient, keys)
 
     try:
