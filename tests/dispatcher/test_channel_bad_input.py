@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 
@@ -14,10 +13,12 @@ from tests.dispatcher.support import (
     idle_runners,
     job_rec,
     pending_ids,
+    ready_and_waiting,
     runner_rec,
     start_job,
     state_of,
     submit,
+    until_pod,
 )
 from tests.podkit import add_runner, connect
 
@@ -25,8 +26,7 @@ from tests.podkit import add_runner, connect
 async def job_in_flight(pod, settings, rclient, keys, name="r1"):
     token = add_runner(settings, name, [SPEC])
     runner = await connect(pod, name, token)
-    await runner.send("ready", poll_timeout=5)
-    await asyncio.sleep(0.05)
+    await ready_and_waiting(runner, rclient, keys)
     job_id = submit(rclient, keys)
     job = await runner.expect("job")
     await start_job(runner, job)
@@ -37,7 +37,7 @@ async def assert_closed_without_change(runner, rclient, keys, job_id, before, co
     got, reason = await runner.closed()
     assert got == code, (got, reason)
     assert reason.strip(), "a close always carries a reason"
-    await asyncio.sleep(0.1)  # let the pod finish its side of the close
+    await until_pod(rclient, keys, runner.name, "")  # the pod finished its side of the close
     after = state_of(rclient, keys, job_id, runner.name)
     assert after == before
     rec = runner_rec(rclient, keys, runner.name)
@@ -125,7 +125,7 @@ async def test_ready_while_a_claimed_job_is_in_flight_closes_1008(pod, settings,
     await runner.send("ready", poll_timeout=5)
     code, reason = await runner.closed()
     assert (code, bool(reason)) == (1008, True)
-    await asyncio.sleep(0.1)
+    await until_pod(rclient, keys, "r1", "")  # the pod finished its side of the close
     assert state_of(rclient, keys, job_id, "r1") == before
     assert job_rec(rclient, keys, job_id)["status"] == "claimed"
 
@@ -135,8 +135,7 @@ async def test_ready_while_a_poll_is_open_closes_1008_and_leaves_no_waiting_runn
 ):
     token = add_runner(settings, "r1", [SPEC])
     runner = await connect(pod, "r1", token)
-    await runner.send("ready", poll_timeout=10)
-    await asyncio.sleep(0.1)
+    await ready_and_waiting(runner, rclient, keys)
     assert idle_runners(rclient, keys) == ["r1"]
     core = {
         k: v
@@ -147,7 +146,7 @@ async def test_ready_while_a_poll_is_open_closes_1008_and_leaves_no_waiting_runn
     code, reason = await runner.closed()
     assert code == 1008
     assert reason.strip()
-    await asyncio.sleep(0.1)
+    await until_pod(rclient, keys, "r1", "")  # the pod finished its side of the close
     rec = runner_rec(rclient, keys, "r1")
     assert {k: rec[k] for k in core} == core
     assert (rec["state"], rec["pod"]) == ("offline", "")
@@ -198,7 +197,7 @@ async def test_ready_twice_in_a_row_closes_1008(pod, settings, rclient, keys):
     await runner.send("ready", poll_timeout=5)  # pipelined: the first poll is still open
     code, reason = await runner.closed()
     assert (code, bool(reason.strip())) == (1008, True)
-    await asyncio.sleep(0.1)
+    await until_pod(rclient, keys, "r1", "")  # the pod finished its side of the close
     assert idle_runners(rclient, keys) == []
     assert runner_rec(rclient, keys, "r1")["job"] == ""
 

@@ -19,11 +19,13 @@ from tests.dispatcher.support import (
     job_rec,
     lease,
     pending_ids,
+    ready_and_waiting,
     revoke,
     runner_rec,
     start_job,
     submit,
     take_job,
+    until_pod,
 )
 from tests.podkit import add_runner, connect
 
@@ -33,8 +35,7 @@ async def test_revoke_while_polling_closes_4001_and_the_token_stops_working(
 ):
     token = add_runner(settings, "r1", [SPEC])
     runner = await connect(pod, "r1", token)
-    await runner.send("ready", poll_timeout=10)
-    await asyncio.sleep(0.1)
+    await ready_and_waiting(runner, rclient, keys)
     revoke(rclient, keys, "r1")
     code, reason = await runner.closed(timeout=3)
     assert code == 4001
@@ -51,7 +52,7 @@ async def test_revoke_while_polling_closes_4001_and_the_token_stops_working(
 async def test_revoke_of_an_idle_connection_closes_4001(pod, settings, rclient, keys):
     token = add_runner(settings, "r1", [SPEC])
     runner = await connect(pod, "r1", token)
-    await asyncio.sleep(0.05)
+    await until_pod(rclient, keys, "r1", pod.id)  # attached (the upgrade comes before that)
     revoke(rclient, keys, "r1")
     code, reason = await runner.closed(timeout=3)
     assert (code, bool(reason.strip())) == (4001, True)
@@ -81,8 +82,7 @@ async def test_revoke_with_a_job_in_flight_closes_4001_and_the_job_keeps_its_lea
 async def test_second_connection_supersedes_the_first_with_4002(pod, settings, rclient, keys):
     token = add_runner(settings, "r1", [SPEC])
     first = await connect(pod, "r1", token)
-    await first.send("ready", poll_timeout=10)
-    await asyncio.sleep(0.1)
+    await ready_and_waiting(first, rclient, keys)
     conn_before = int(runner_rec(rclient, keys, "r1")["conn"])
     second = await connect(pod, "r1", token)
     code, reason = await first.closed(timeout=3)
@@ -119,7 +119,7 @@ async def test_pod_shutdown_closes_an_idle_channel_with_1001(launch, settings, r
     pod = await launch(settings)
     token = add_runner(settings, "r1", [SPEC])
     runner = await connect(pod, "r1", token)
-    await asyncio.sleep(0.05)
+    await until_pod(rclient, keys, "r1", pod.id)  # attached (the upgrade comes before that)
     stopping = asyncio.create_task(pod.stop())
     code, reason = await runner.closed(timeout=5)
     await stopping
@@ -136,8 +136,7 @@ async def test_pod_shutdown_ends_an_open_poll_and_no_job_is_assigned_to_it(
     pod = await launch(settings)
     token = add_runner(settings, "r1", [SPEC])
     runner = await connect(pod, "r1", token)
-    await runner.send("ready", poll_timeout=10)
-    await asyncio.sleep(0.1)
+    await ready_and_waiting(runner, rclient, keys)
     stopping = asyncio.create_task(pod.stop())
     code, _ = await runner.closed(timeout=5)
     await stopping

@@ -17,6 +17,7 @@ from tests.dispatcher.support import (
     job_rec,
     new_job_id,
     queued_results,
+    ready_and_waiting,
     runner_core,
     start_job,
     state_of,
@@ -36,8 +37,7 @@ async def running_job(pod, settings, rclient, keys, name="r1", **submit_args):
     """A runner connected to ``pod`` with a job it has started (running, acknowledged)."""
     token = add_runner(settings, name, [SPEC])
     runner = await connect(pod, name, token)
-    await runner.send("ready", poll_timeout=5)
-    await asyncio.sleep(0.05)
+    await ready_and_waiting(runner, rclient, keys)
     job_id = submit(rclient, keys, **submit_args)
     job = await runner.expect("job")
     assert job["job"] == job_id
@@ -110,8 +110,7 @@ async def test_messages_of_a_lost_attempt_change_nothing(launch, settings, rclie
     pod = await launch(dataclasses.replace(settings, start_timeout=0.3))
     old = await connect(pod, "old", add_runner(settings, "old", [SPEC]))
     new = await connect(pod, "new", add_runner(settings, "new", [SPEC]))
-    await old.send("ready", poll_timeout=10)
-    await asyncio.sleep(0.05)
+    await ready_and_waiting(old, rclient, keys)
     job_id = submit(rclient, keys)
     assert (await old.expect("job"))["attempt"] == 1
     await new.send("ready", poll_timeout=10)
@@ -182,7 +181,7 @@ async def test_duplicate_terminal_is_acknowledged_again_and_records_nothing_new(
     await expect_ack(runner, job_id, event)
     first = state_of(rclient, keys, job_id, "r1")
     assert first["job"]["status"] == event
-    assert first["results"] == [keys.result_job_id(job_id, 1)]
+    assert first["results"] == [f"{job_id}:1"]
 
     await runner.send(event, job=job_id, attempt=1, **TERMINALS[event])
     await expect_ack(runner, job_id, event)
@@ -293,7 +292,7 @@ async def test_completed_replaces_a_failure_recorded_for_lease_expiry(
     assert (rec["exit_code"], rec["results"], rec["stdout"]) == ("0", '{"late":true}', "done")
     assert rec["error"] == ""
     # the replacing result goes to the result writers too, before the ack
-    assert keys.result_job_id(job_id, 1, True) in queued_results(rclient, keys)
+    assert f"{job_id}:1" in queued_results(rclient, keys)
 
 
 async def test_completed_does_not_replace_a_failure_the_runner_reported(
