@@ -20,7 +20,9 @@ from starlette.websockets import WebSocket
 
 from dispatcher import functions, messages
 from dispatcher.errors import NotFound, ProtocolError
+from dispatcher.forwarded import UNKNOWN, client_address
 from dispatcher.pod import CLOSE_GOING_AWAY, CLOSE_REVOKED, Pod
+from dispatcher.ratelimit import FailureLimiter
 from dispatcher.session import Event, State
 from dispatcher.sockets import RunnerSocket
 from dispatcher.tokens import token_hash
@@ -47,10 +49,28 @@ def bearer_token(header: str | None) -> str | None:
     return token
 
 
-async def refusal(pod: Pod, runner: str, header: str | None) -> PlainTextResponse | None:
-    """Why this handshake is refused (a response to send instead of upgrading), or None."""
+async def refusal(
+    pod: Pod,
+    runner: str,
+    header: str | None,
+    source: str = UNKNOWN,
+    failures: FailureLimiter | None = None,
+) -> PlainTextResponse | None:
+    """Why this handshake is refused (a response to send instead of upgrading), or None.
+
+    ``source`` is the address the attempt is accounted to and ``failures`` the pod's window of
+    failed authentications per source: a source over it is refused before its token is looked at
+    (no Redis work, and a right guess gets no answer either)."""
     if pod.stopping:
         return PlainTextResponse("dispatcher pod shutting down\n", status_code=503)
+    if failures is not None:
+        wait = failures.retry_after(source, time.monotonic())
+        if wait is not None:
+            return PlainTextResponse(
+                "too many failed authentications\n",
+                status_code=429,
+                headers={"Retry-After": str(wait)},
+            )
     token = bearer_token(header)
     stored = await pod.redis.hget(pod.keys.runner(runner), "token_hash")
     expected = stored.encode() if isinstance(stored, str) else stored
@@ -59,6 +79,8 @@ async def refusal(pod: Pod, runner: str, header: str | None) -> PlainTextRespons
         or expected is None
         or not hmac.compare_digest(expected, token_hash(token).encode())
     ):
+        if failures is not None:
+            failures.failed(source, time.monotonic())
         return PlainTextResponse(
             "invalid runner token\n", status_code=401, headers={"WWW-Authenticate": "Bearer"}
         )
@@ -77,12 +99,26 @@ async def refusal(pod: Pod, runner: str, header: str | None) -> PlainTextRespons
     return None
 
 
+def handshake_source(ws: WebSocket) -> str:
+    """The address this handshake is accounted to (``X-Forwarded-For`` only behind a trusted
+    proxy, ``DISPATCHER_TRUSTED_PROXIES``)."""
+    peer = ws.client.host if ws.client is not None else None
+    trusted = ws.app.state.trusted_proxies
+    return client_address(peer, ws.headers.getlist("x-forwarded-for"), trusted)
+
+
 async def channel(ws: WebSocket) -> None:
     """One runner connection, from handshake to close."""
     pod: Pod = ws.app.state.pod
     runner = ws.path_params["runner"]
     try:
-        refused = await refusal(pod, runner, ws.headers.get("authorization"))
+        refused = await refusal(
+            pod,
+            runner,
+            ws.headers.get("authorization"),
+            handshake_source(ws),
+            ws.app.state.auth_failures,
+        )
     except redis.RedisError as exc:
         log.warning("handshake of %s: Redis unavailable: %s", runner, exc)
         refused = PlainTextResponse("storage unavailable\n", status_code=503)
@@ -138,7 +174,10 @@ async def handle_frame(pod: Pod, sock: RunnerSocket, frame: Mapping[str, Any]) -
     try:
         message = messages.decode_runner_message(text)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise ProtocolError(CLOSE_INVALID, f"invalid message: {exc}"[:120]) from None
+        raise ProtocolError(CLOSE_INVALID, f"invalid message: {exc}") from None
+    except Exception as exc:  # any other decoder failure is still the frame's fault
+        log.info("runner %s: frame refused by the decoder: %r", sock.runner, exc)
+        raise ProtocolError(CLOSE_INVALID, "invalid message: undecodable") from None
     await HANDLERS[type(message)](pod, sock, message)
 
 
@@ -209,11 +248,12 @@ async def on_heartbeat(pod: Pod, sock: RunnerSocket, message: messages.Message) 
 
 
 async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
-    """Record (fenced), queue for the result writers, then acknowledge (rule 4)."""
+    """Record (fenced; the same call puts the outcome in the results outbox), then acknowledge
+    (rule 4): the result is durable once that one call returns."""
     assert isinstance(message, messages.Completed | messages.Failed | messages.Canceled)
     reply = await functions.run(pod.redis, finish_call(pod, sock, message))
-    if reply["result"] in ("recorded", "duplicate"):
-        await pod.enqueue(message.job, message.attempt, late=bool(reply.get("override")))
+    if reply["result"] == "recorded":
+        pod.wake_pump()
     if sock.session.holds(message.job, message.attempt):
         sock.session.fire(Event.JOB_DONE)
     sock.forget_prior(message.job)

@@ -21,7 +21,7 @@ from typing import Any, Self
 import redis
 import redis.asyncio
 
-from dispatcher import functions, results
+from dispatcher import functions
 from dispatcher.errors import NotFound
 from dispatcher.keys import Keys
 from dispatcher.records import FINAL_STATUSES, job_record, text
@@ -83,11 +83,6 @@ class Client:
                 settings.redis_url, decode_responses=True, client_name=_client_name(settings)
             )
         self._redis = redis_client
-        # rq stores pickled data and needs a connection that does not decode replies
-        self._rq_redis = redis.Redis.from_url(
-            settings.redis_url, client_name=_client_name(settings)
-        )
-        self._results = results.results_queue(self._rq_redis, self.keys)
 
     @classmethod
     def from_env(cls) -> Client:
@@ -117,12 +112,8 @@ class Client:
     def cancel(self, job_id: str) -> bool:
         """Cancel a job: True when this call canceled it, False when it was already final."""
         job_id = check_job_id(job_id)
-        if not functions.run_sync(self._redis, functions.cancel(self.keys, job_id)):
-            return False
-        attempt = int(self._redis.hget(self.keys.job(job_id), "attempt") or 0)
-        results.enqueue_result(self._results, self.keys, job_id, attempt)
-        self._redis.zrem(self.keys.outbox, f"{job_id}:{attempt}")  # else a pod's tick does both
-        return True
+        # the cancel function puts the outcome in the results outbox; the pods pump it
+        return functions.run_sync(self._redis, functions.cancel(self.keys, job_id))
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The job record once the job is processed, failed or canceled.
@@ -179,7 +170,6 @@ class Client:
     def close(self) -> None:
         if self._owned:
             self._redis.close()
-        self._rq_redis.close()
 
     def __enter__(self) -> Self:
         return self
@@ -266,14 +256,6 @@ class AsyncClient:
             redis_client = redis.asyncio.Redis(connection_pool=pool)
         self._redis = redis_client
         self._waiters = DoneWaiters(self._redis, self.keys.done_channel)
-        # rq is synchronous and needs undecoded replies: its own small blocking pool, used from
-        # worker threads
-        self._rq_redis = redis.Redis(
-            connection_pool=redis.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=4, client_name=_client_name(settings)
-            )
-        )
-        self._results = results.results_queue(self._rq_redis, self.keys)
 
     @classmethod
     def from_env(cls) -> AsyncClient:
@@ -303,12 +285,9 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job: True when this call canceled it, False when it was already final."""
         job_id = check_job_id(job_id)
-        if not await functions.run(self._redis, functions.cancel(self.keys, job_id)):
-            return False
-        attempt = int(await self._redis.hget(self.keys.job(job_id), "attempt") or 0)
-        await asyncio.to_thread(results.enqueue_result, self._results, self.keys, job_id, attempt)
-        await self._redis.zrem(self.keys.outbox, f"{job_id}:{attempt}")  # else a pod's tick does
-        return True
+        # the cancel function puts the outcome in the results outbox; the pods pump it
+        canceled: bool = await functions.run(self._redis, functions.cancel(self.keys, job_id))
+        return canceled
 
     async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The job record once the job is processed, failed or canceled.
@@ -358,7 +337,6 @@ class AsyncClient:
         await self._waiters.close()
         if self._owned:
             await self._redis.aclose()
-        self._rq_redis.close()
 
     async def __aenter__(self) -> Self:
         return self

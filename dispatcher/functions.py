@@ -86,8 +86,32 @@ def runner_revoke(keys: Keys, name: str) -> Call[int]:
     return Call(_fn("runner_revoke"), (keys.namespace, name), _int)
 
 
-def processed(keys: Keys, job_id: str, attempt: int) -> Call[str]:
-    return Call(_fn("processed"), (keys.namespace, job_id, attempt), _text)
+# -- results path ---------------------------------------------------------------------------------
+
+
+def pump(
+    keys: Keys, max_entries: int, visibility_ms: int, sink_visibility_ms: int, max_queued: int
+) -> Call[dict[str, Any]]:
+    """Hand out due outbox and sink box entries (re-scored, not removed) for rq batches."""
+    args = (keys.namespace, max_entries, visibility_ms, sink_visibility_ms, max_queued)
+    return Call(_fn("pump"), args, _json)
+
+
+def record(
+    keys: Keys, entries: list[str], retention_s: int, sinks: list[str]
+) -> Call[list[tuple[str, bool]]]:
+    """Record a batch of outbox entries; per entry (status afterwards, whether this call changed
+    it)."""
+    return Call(
+        _fn("record"),
+        (keys.namespace, retention_s, json.dumps(sinks), *entries),
+        _pairs,
+    )
+
+
+def _pairs(reply: Any) -> list[tuple[str, bool]]:
+    value = json.loads(reply)
+    return [(str(s), bool(c)) for s, c in value] if isinstance(value, list) else []
 
 
 # -- pod side -----------------------------------------------------------------------------------

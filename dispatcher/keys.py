@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
-LIBRARY_VERSION = 1
+LIBRARY_VERSION = 2
 LIBRARY_NAME = f"dispatch_v{LIBRARY_VERSION}"
 
 
@@ -54,9 +54,19 @@ class Keys:
 
     @property
     def outbox(self) -> str:
-        """ZSET: '<job id>:<attempt>' -> ms, server-decided outcomes whose result task is not
-        queued yet (written in the same function as the outcome; drained by the pods' tick)."""
+        """ZSET: '<job id>:<attempt>' -> ms when due, every terminal outcome not yet recorded by a
+        result writer (added by the function that decides the outcome; the pump re-scores an
+        entry it hands out to now + visibility; the writer's ``record`` removes it)."""
         return self._k("outbox")
+
+    def sinkbox(self, sink: str) -> str:
+        """ZSET: like ``outbox``: final outcomes one sink (postgres, webhook) has not taken."""
+        return self._k("sinkbox", sink)
+
+    @property
+    def sinks(self) -> str:
+        """SET: names of the sinks that have a sink box (so pumps find them)."""
+        return self._k("sinks")
 
     @property
     def stats(self) -> str:
@@ -117,14 +127,18 @@ class Keys:
 
     @property
     def results_queue(self) -> str:
-        """Name of the rq queue of terminal results (rq keeps it under ``rq:queue:<name>``)."""
+        """Name of the rq queue of result batches (rq keeps it under ``rq:queue:<name>``)."""
         return f"{self.namespace}:results"
 
-    def result_job_id(self, job_id: str, attempt: int, late: bool = False) -> str:
-        """Deterministic rq job id of one job attempt's result (unique across namespaces).
+    def sink_queue(self, sink: str) -> str:
+        """Name of the rq queue of one sink's batches."""
+        return f"{self.namespace}:sink:{sink}"
 
-        ``late``: the second outcome an attempt can have, a runner's `completed` that replaced the
-        failure the server recorded when the lease expired (the first task may be done already).
-        """
-        suffix = "-late" if late else ""
-        return f"{self.namespace}-{job_id}-{attempt}{suffix}"
+    @staticmethod
+    def rq_queue(name: str) -> str:
+        """LIST: the rq queue called ``name`` (rq's own naming; the pump reads its length)."""
+        return f"rq:queue:{name}"
+
+    def batch_job_id(self, kind: str, token: str) -> str:
+        """rq job id of one batch (``kind`` 'results' or a sink name; unique across namespaces)."""
+        return f"{self.namespace}-{kind}-{token}"

@@ -25,7 +25,7 @@ from dispatcher.doorbell import PROBE, Doorbell
 from dispatcher.keys import Keys
 from dispatcher.longpoll import LongPoll
 from dispatcher.records import rfc3339
-from dispatcher.results import enqueue_result, results_queue
+from dispatcher.results import PumpConfig, pump_once
 from dispatcher.session import Event, State
 from dispatcher.settings import Settings
 from dispatcher.sockets import RunnerSocket
@@ -40,6 +40,8 @@ PROBE_EVERY_TICKS = 10  # a doorbell probe every 10 reconcile intervals (10 s by
 IN_FLIGHT = frozenset({"claimed", "running"})
 REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
 REDIS_POOL_TIMEOUT = 10.0  # s a command may wait for a free connection before it fails
+PUMP_GATHER = 0.01  # s the pump waits after being woken, so one pump carries many results
+PUMP_RETRY = 0.05  # s between pumps while due entries wait (rq queue full, or a full take)
 
 
 def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
@@ -72,8 +74,9 @@ class Pod(LongPoll):
                 health_check_interval=30,
             )
         )
-        self._sync_redis = redis.Redis.from_url(settings.redis_url)
-        self._queue = results_queue(self._sync_redis, self.keys)
+        self._sync_redis = redis.Redis.from_url(settings.redis_url)  # the pump's (rq is sync)
+        self._pump_config = PumpConfig.from_settings(settings)
+        self._pump_wanted = asyncio.Event()
         self.sockets: dict[str, RunnerSocket] = {}
         self.doorbell = Doorbell(
             settings,
@@ -107,6 +110,7 @@ class Pod(LongPoll):
             self._doorbell_task = asyncio.create_task(self.doorbell.run(), name="doorbell")
             self._tasks.append(self._doorbell_task)
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
+        self._tasks.append(asyncio.create_task(self._pump_loop(), name="pump"))
 
     async def close_sockets(self) -> None:
         """Refuse new channels and close every open one with 1001; jobs keep their leases."""
@@ -284,8 +288,8 @@ class Pod(LongPoll):
         self._joined = True
         for job_id, outcome, attempt in reply.get("reaped") or []:
             log.info("reaped job %s attempt %s: %s", job_id, attempt, outcome)
-        for entry in reply.get("outbox") or []:
-            self.spawn(self.drain_outbox(entry))
+        if int(reply.get("backlog") or 0) > 0:
+            self.wake_pump()
         for runner in reply.get("inbox") or []:
             self.spawn(self.observe(runner))
 
@@ -322,16 +326,33 @@ class Pod(LongPoll):
             await self.redis.publish(self.keys.pod_channel(self.id), PROBE)
             self.doorbell.probe_published(now)
 
-    async def drain_outbox(self, entry: str) -> None:
-        """Queue the result task of a server-decided outcome, then drop it from the outbox (any
-        pod may do this at the same time: the rq id is fixed, so the task is queued once)."""
-        job_id, _, attempt = entry.rpartition(":")
-        try:
-            await self.enqueue(job_id, int(attempt))
-            await self.redis.zrem(self.keys.outbox, entry)
-        except redis.RedisError as exc:  # stays in the outbox: the next tick tries again
-            log.warning("outbox entry %s not queued yet: %s", entry, exc)
+    # -- results pump ---------------------------------------------------------------------------
 
-    async def enqueue(self, job_id: str, attempt: int, late: bool = False) -> None:
-        """Queue the result task of one attempt (rq is synchronous: run it off the loop)."""
-        await asyncio.to_thread(enqueue_result, self._queue, self.keys, job_id, attempt, late)
+    def wake_pump(self) -> None:
+        """A result was recorded, or the tick saw due outbox entries: pump soon."""
+        self._pump_wanted.set()
+
+    async def _pump_loop(self) -> None:
+        """Move outbox entries into rq batches whenever woken; keep going while some are due.
+
+        Off the socket path: runners are acknowledged as soon as their outcome is recorded. The
+        short gather delay lets one pump carry the results of a burst; the thread hop is because
+        rq is synchronous.
+        """
+        while not self._stopped:
+            await self._pump_wanted.wait()
+            await asyncio.sleep(PUMP_GATHER)
+            self._pump_wanted.clear()
+            try:
+                result = await asyncio.to_thread(
+                    pump_once, self._sync_redis, self.keys, self._pump_config
+                )
+            except redis.RedisError as exc:  # entries stay due: the next tick wakes us again
+                log.warning("results pump failed: %s", exc)
+                continue
+            except Exception:  # never let the pump die: results would wait for a restart
+                log.exception("results pump failed")
+                continue
+            if result.more:
+                await asyncio.sleep(PUMP_RETRY)
+                self._pump_wanted.set()

@@ -1,41 +1,130 @@
-"""Hand terminal results to the result writers: one rq job per job attempt, with a fixed id.
+"""The results pump: due outbox entries become rq jobs carrying many results each.
 
-The id is deterministic (namespace, job id, attempt), so a pod that dies between recording a
-result and enqueueing it, and the runner's resend, enqueue the same rq job at most once; the task
-itself is a compare-and-set, safe to run twice.
+Every terminal outcome enters the namespace's outbox in the same Redis Function call that records
+it (``finalize`` in the Lua library). ``pump_once`` asks the ``pump`` function for due entries (it
+re-scores them to now + visibility instead of removing them, so a batch lost with its pod or its
+writer is handed out again) and enqueues them as rq jobs of up to ``batch_size`` entries each, all
+in one pipeline. rq stays the queue: ``rq info``, ``rq worker``, retries and the failed registry
+see ordinary jobs. Any process may pump (pods do, on their tick and shortly after each result);
+two pumps never get the same entry while it is held, and a writer records each entry by
+compare-and-set, so an entry handed out twice is recorded once in effect.
 """
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+
 import redis
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
 
+from dispatcher import functions
 from dispatcher.keys import Keys
+from dispatcher.settings import Settings
 
-TASK = "worker_bridge.tasks.process_result"
-RETRY_INTERVALS = [1, 5, 30, 60, 300]
-RESULT_TTL = 24 * 3600
+RESULTS_TASK = "worker_bridge.tasks.process_batch"
+SINK_TASK = "worker_bridge.tasks.sink_batch"
+# A results batch that fails (Redis unreachable from the writer) is retried by rq; the outbox
+# hands its entries out again after the visibility timeout in any case.
+RESULTS_RETRY = [1, 5, 30]
+RESULT_TTL = 3600
 FAILURE_TTL = 7 * 24 * 3600
 
 
-def results_queue(connection: redis.Redis, keys: Keys) -> Queue:
-    """The namespace's results queue on a *sync* redis-py connection (rq is synchronous)."""
-    return Queue(keys.results_queue, connection=connection)
+@dataclass(frozen=True, slots=True)
+class PumpConfig:
+    """How the pump cuts and paces batches (from ``Settings``)."""
 
+    batch_size: int = 256
+    max_take: int = 1024  # entries per box per pump call: a few batches
+    visibility: float = 10.0  # s an entry handed out stays hidden before it is handed out again
+    sink_visibility: float = 60.0  # the same for sink entries (a sink task extends it on retry)
+    max_queued: int = 8  # rq jobs already waiting on a queue before the pump stops adding
+    sink_retry: tuple[int, ...] = (1, 5, 30, 120, 300)
 
-def enqueue_result(queue: Queue, keys: Keys, job_id: str, attempt: int, late: bool = False) -> bool:
-    """Queue the result task of one attempt; False when it was queued before."""
-    try:
-        queue.enqueue_call(
-            TASK,
-            args=(keys.namespace, job_id, attempt),
-            job_id=keys.result_job_id(job_id, attempt, late),
-            retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
-            result_ttl=RESULT_TTL,
-            failure_ttl=FAILURE_TTL,
-            unique=True,
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PumpConfig:
+        size = settings.result_batch_size
+        return cls(
+            batch_size=size,
+            max_take=size * 4,
+            visibility=settings.outbox_visibility,
+            sink_retry=settings.sink_retry_intervals,
         )
-    except DuplicateJobError:
-        return False
-    return True
+
+
+@dataclass(frozen=True, slots=True)
+class PumpResult:
+    results: int  # outbox entries enqueued
+    sinks: int  # sink box entries enqueued
+    batches: int
+    more: bool  # due entries left behind: pump again soon
+
+
+def batches(entries: list[str], size: int) -> list[list[str]]:
+    """Cut ``entries`` into lists of at most ``size``."""
+    return [entries[i : i + size] for i in range(0, len(entries), size)]
+
+
+def _entries(value: object) -> list[str]:
+    # an empty Lua table encodes as {}: treat any non-list as empty
+    return [str(e) for e in value] if isinstance(value, list) else []
+
+
+def pump_once(connection: redis.Redis, keys: Keys, config: PumpConfig) -> PumpResult:
+    """One pump: take due entries, enqueue them as batches in one pipeline (sync; rq is sync)."""
+    call = functions.pump(
+        keys,
+        config.max_take,
+        int(config.visibility * 1000),
+        int(config.sink_visibility * 1000),
+        config.max_queued,
+    )
+    reply = functions.run_sync(connection, call)
+    results = _entries(reply.get("results"))
+    sinks_reply = reply.get("sinks")
+    sinks = {
+        str(name): _entries(entries)
+        for name, entries in (sinks_reply.items() if isinstance(sinks_reply, dict) else [])
+    }
+    count = 0
+    with connection.pipeline(transaction=False) as pipe:
+        if results:
+            queue = Queue(keys.results_queue, connection=connection)
+            jobs = [
+                Queue.prepare_data(
+                    RESULTS_TASK,
+                    args=(keys.namespace, batch),
+                    job_id=keys.batch_job_id("results", uuid.uuid4().hex),
+                    retry=Retry(max=len(RESULTS_RETRY), interval=RESULTS_RETRY),
+                    result_ttl=RESULT_TTL,
+                    failure_ttl=FAILURE_TTL,
+                    description=f"record {len(batch)} results",
+                )
+                for batch in batches(results, config.batch_size)
+            ]
+            queue.enqueue_many(jobs, pipeline=pipe)
+            count += len(jobs)
+        for sink, entries in sinks.items():
+            queue = Queue(keys.sink_queue(sink), connection=connection)
+            jobs = [
+                Queue.prepare_data(
+                    SINK_TASK,
+                    args=(keys.namespace, sink, batch),
+                    job_id=keys.batch_job_id(sink, uuid.uuid4().hex),
+                    retry=Retry(max=len(config.sink_retry), interval=list(config.sink_retry)),
+                    result_ttl=RESULT_TTL,
+                    failure_ttl=FAILURE_TTL,
+                    description=f"{sink}: write {len(batch)} jobs",
+                )
+                for batch in batches(entries, config.batch_size)
+            ]
+            queue.enqueue_many(jobs, pipeline=pipe)
+            count += len(jobs)
+        pipe.execute()
+    return PumpResult(
+        results=len(results),
+        sinks=sum(len(e) for e in sinks.values()),
+        batches=count,
+        more=bool(reply.get("more")),
+    )

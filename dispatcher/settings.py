@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from dispatcher.errors import ConfigError
+from dispatcher.forwarded import Network, parse_trusted
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SINKS = ("postgres", "webhook")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,6 +39,24 @@ class Settings:
     job_retention: float = 7 * 24 * 3600
     linger: float = 5.0
     ws_compression: bool = True
+    # -- results path (outbox -> rq batches -> writers -> sinks)
+    result_batch_size: int = 256
+    outbox_visibility: float = 10.0
+    sinks: str = ""
+    postgres_url: str = ""
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_timeout: float = 5.0
+    sink_retry: str = "1,5,30,120,300"
+
+    # -- the handshake (docs/security.md)
+    handshake_timeout: float = 10.0
+    max_head_line: int = 8192
+    max_head_bytes: int = 16384
+    max_headers: int = 64
+    max_pending_handshakes: int = 1024
+    auth_fail_rate: int = 30
+    trusted_proxies: str = ""
 
     def __post_init__(self) -> None:
         if not NAMESPACE_RE.match(self.namespace):
@@ -65,6 +85,61 @@ class Settings:
             raise ConfigError("connect_rate must be >= 1")
         if self.wake not in ("pubsub", "poll"):
             raise ConfigError("wake must be 'pubsub' or 'poll'")
+        self._check_results_path()
+        self._check_handshake()
+
+    def _check_results_path(self) -> None:
+        if not 1 <= self.result_batch_size <= 4096:
+            raise ConfigError("result_batch_size must be from 1 to 4096")
+        if self.outbox_visibility <= 0 or self.webhook_timeout <= 0:
+            raise ConfigError("outbox_visibility and webhook_timeout must be > 0")
+        unknown = set(self.sink_names) - set(SINKS)
+        if unknown:
+            raise ConfigError(
+                f"DISPATCHER_SINKS: unknown sink {sorted(unknown)[0]!r} (known: {', '.join(SINKS)})"
+            )
+        self.sink_retry_intervals  # noqa: B018 (validates)
+
+    @property
+    def sink_names(self) -> list[str]:
+        """``sinks`` as a list, in order, without blanks or repeats."""
+        names = [s.strip() for s in self.sinks.split(",") if s.strip()]
+        return list(dict.fromkeys(names))
+
+    @property
+    def sink_retry_intervals(self) -> tuple[int, ...]:
+        """``sink_retry`` as seconds between a sink batch's tries (rq Retry intervals)."""
+        try:
+            values = tuple(int(v) for v in self.sink_retry.split(",") if v.strip())
+        except ValueError:
+            values = ()
+        if not values or any(v < 0 for v in values):
+            raise ConfigError(
+                f"DISPATCHER_SINK_RETRY={self.sink_retry!r}: comma-separated whole seconds >= 0"
+            )
+        return values
+
+    def _check_handshake(self) -> None:
+        if self.handshake_timeout <= 0:
+            raise ConfigError("handshake_timeout must be > 0")
+        # 8192 and 128: the websockets parser behind the guard refuses anything longer anyway
+        if not 256 <= self.max_head_line <= 8192:
+            raise ConfigError("max_head_line must be from 256 to 8192")
+        if not self.max_head_line <= self.max_head_bytes <= 1024 * 1024:
+            raise ConfigError("max_head_bytes must be from max_head_line to 1 MiB")
+        if not 8 <= self.max_headers <= 128:
+            raise ConfigError("max_headers must be from 8 to 128")
+        if self.max_pending_handshakes < 1 or self.auth_fail_rate < 0:
+            raise ConfigError("max_pending_handshakes must be >= 1 and auth_fail_rate >= 0")
+        self.trusted_proxy_networks  # noqa: B018 (validates)
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[Network, ...]:
+        """``trusted_proxies`` parsed: the peers whose ``X-Forwarded-For`` is believed."""
+        try:
+            return parse_trusted(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"DISPATCHER_TRUSTED_PROXIES: {exc}") from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -46,10 +46,12 @@ def status_plan(keys: Keys) -> Plan:
         ("LLEN", Queue.redis_queue_namespace_prefix + queue),
         ("ZCARD", ScheduledJobRegistry.key_template.format(queue)),
         ("ZCARD", FailedJobRegistry.key_template.format(queue)),
+        ("ZCARD", keys.outbox),
+        ("ZCOUNT", keys.outbox, "-inf", now_ms),
     ]
     n = len(specs)
     pending, idle, states = replies[:n], replies[n : 2 * n], replies[2 * n : 2 * n + len(runners)]
-    pods, leases, counters, queued, scheduled, failed = replies[2 * n + len(runners) :]
+    pods, leases, counters, queued, scheduled, failed, outbox, due = replies[2 * n + len(runners) :]
     by_state = Counter(text(state) if state else "offline" for state in states)
     return {
         "namespace": keys.namespace,
@@ -69,7 +71,9 @@ def status_plan(keys: Keys) -> Plan:
         "counters": {text(k): int(v) for k, v in sorted(counters.items())},
         "results": {
             "queue": queue,
-            "queued": int(queued),
+            "outbox": int(outbox),  # outcomes not yet recorded by a writer
+            "outbox_due": int(due),  # of which not in a batch now (waiting for a pump)
+            "queued": int(queued),  # rq batches waiting for a writer
             "retrying": int(scheduled),
             "failed": int(failed),
         },

@@ -268,7 +268,7 @@ dispatcher is up
 submit a job from another terminal:
   DISPATCHER_REDIS_URL={redis_url} dispatcher submit --spec {spec} --wait -- echo hello
   redis-cli -u {redis_url} \\
-    FCALL dispatch_v1_submit 0 {ns} '' {spec} '{{"command":["uname","-a"]}}' 0 3600 1
+    FCALL dispatch_v2_submit 0 {ns} '' {spec} '{{"command":["uname","-a"]}}' 0 3600 1
 
 Ctrl-C stops everything. Job log:
 """,

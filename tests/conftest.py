@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from dispatcher import functions
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
 from tests.redis_server import redis_for_tests
@@ -17,6 +18,9 @@ from tests.redis_server import redis_for_tests
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     with redis_for_tests(os.environ.get("DISPATCHER_REDIS_URL")) as url:
+        # this checkout's library, even where a Redis kept an older build under the same name
+        with redis.Redis.from_url(url) as client:
+            functions.load_library_sync(client)
         yield url
 
 

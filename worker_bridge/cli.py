@@ -1,4 +1,4 @@
-"""`worker-bridge`: an rq worker on the results queue of one namespace."""
+"""`worker-bridge`: an rq worker on the results queue (and the sink queues) of one namespace."""
 
 from __future__ import annotations
 
@@ -13,15 +13,39 @@ from rq import SimpleWorker
 from dispatcher.errors import ConfigError
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
+from worker_bridge.tasks import WriterContext, install_context
+
+EPILOG = """\
+environment:
+  DISPATCHER_REDIS_URL, DISPATCHER_NAMESPACE   where the results queue lives
+  DISPATCHER_JOB_RETENTION                     seconds final job records are kept (0 = forever)
+  DISPATCHER_SINKS                             comma-separated: postgres, webhook (default none)
+  DISPATCHER_POSTGRES_URL                      for the postgres sink (table dispatcher_jobs)
+  DISPATCHER_WEBHOOK_URL, _SECRET, _TIMEOUT    for the webhook sink (HMAC-SHA256 signed POSTs)
+  DISPATCHER_SINK_RETRY                        seconds between a sink batch's tries (1,5,30,120,300)
+
+examples:
+  worker-bridge                                   record results; run two or more for redundancy
+  DISPATCHER_SINKS=postgres DISPATCHER_POSTGRES_URL=postgresql://ci@db/ci worker-bridge --init-db
+  worker-bridge --burst                           process what is queued, then exit
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="worker-bridge",
-        description="Record terminal job results from the namespace's rq results queue.",
+        description="Record terminal job results from the namespace's rq results queue, and "
+        "write them to the configured sinks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--burst", action="store_true", help="process what is queued, then exit (rq's burst mode)"
+    )
+    parser.add_argument(
+        "--init-db",
+        action="store_true",
+        help="create the postgres sink's table (dispatcher_jobs) and exit",
     )
     parser.add_argument("--redis-url", help="Redis URL (default: $DISPATCHER_REDIS_URL)")
     parser.add_argument("--namespace", help="key namespace (default: $DISPATCHER_NAMESPACE)")
@@ -38,27 +62,47 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env(redis_url=args.redis_url, namespace=args.namespace)
+        if args.init_db:
+            return init_db(settings)
         return run(settings, burst=args.burst, log_level=args.log_level)
-    except (ConfigError, redis.RedisError) as exc:
+    except (ConfigError, redis.RedisError, ValueError) as exc:
         print(f"worker-bridge: {exc}", file=sys.stderr)
         return 1
 
 
+def init_db(settings: Settings) -> int:
+    from worker_bridge.sinks.postgres import PostgresSink
+
+    if not settings.postgres_url:
+        raise ConfigError("--init-db needs DISPATCHER_POSTGRES_URL")
+    PostgresSink(settings.postgres_url).init_db()
+    print("worker-bridge: table dispatcher_jobs is ready")
+    return 0
+
+
 def run(settings: Settings, *, burst: bool = False, log_level: str = "INFO") -> int:
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ctx = WriterContext.build(settings)
+    for sink in ctx.sinks.values():
+        sink.check()  # one line at start, not a traceback per task
+    install_context(ctx)
     keys = Keys(settings.namespace)
     connection = redis.Redis.from_url(settings.redis_url)
     connection.ping()  # fail fast, with one line, when Redis is unreachable
-    # SimpleWorker runs each task in this process. The default Worker forks a work horse per
-    # job (~5 ms each); the task is a few Redis round trips of our own code, so isolation buys
-    # nothing. Even so rq's own per-job bookkeeping costs ~2.7 ms CPU per result (see
-    # bench/results/SUMMARY.md): ~100-250 results/s per worker on a busy 2-core machine. Scale
-    # out by running more workers; a batch consumer would be the next step.
+    # SimpleWorker runs each task in this process (a forked work horse costs ~5 ms per task).
+    # Each task is a batch of up to DISPATCHER_RESULT_BATCH_SIZE results, so rq's own per-task
+    # bookkeeping is paid once per batch. The results queue comes first: sinks never delay the
+    # Redis side.
+    queues = [keys.results_queue, *(keys.sink_queue(name) for name in ctx.sinks)]
     worker = SimpleWorker(
-        [keys.results_queue],
+        queues,
         connection=connection,
         name=f"{settings.namespace}-bridge-{uuid.uuid4().hex[:12]}",
     )
-    # the scheduler moves results whose task failed back to the queue after their Retry delay
-    worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+    try:
+        # the scheduler re-queues batches whose task failed after their Retry delay
+        worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+    finally:
+        for sink in ctx.sinks.values():
+            sink.close()
     return 0

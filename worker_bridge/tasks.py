@@ -1,86 +1,174 @@
-"""The rq task that records one job attempt's terminal result (queued by pods and by cancel).
+"""The rq tasks of the result writers: record a batch of results, write a batch to a sink.
 
-It runs under ``worker-bridge`` or a plain ``rq worker <namespace>:results`` and finds its Redis
-connection through rq. Every step is a compare-and-set or idempotent, so rq's at-least-once
-delivery (retries, a worker dying mid-task) never records anything twice:
+They run under ``worker-bridge`` or a plain ``rq worker -s <namespace>:results`` and find their
+Redis connection through rq. Settings and sinks are built once per process (``context``), not per
+task.
 
-- ``completed`` -> ``processed`` for that attempt (the Lua function also appends the event and
-  publishes the job id on the done channel);
-- a ``failed``/``canceled`` attempt gets one ``recorded`` event (the job hash remembers which
-  attempt was recorded, in the same transaction as the XADD);
-- a final job record gets its retention TTL (``DISPATCHER_JOB_RETENTION`` seconds, default 7 days;
-  0 keeps records forever).
+- ``process_batch``: one ``record`` function call for the whole batch (compare-and-set
+  ``completed`` -> ``processed``, one ``recorded`` event per failed/canceled attempt, retention TTL,
+  done notices, entries handed to every sink's box, entries removed from the outbox). A batch run
+  twice changes nothing the second time.
+- ``sink_batch``: the final records of a batch of sink box entries (one pipeline), written by the
+  sink, then removed from the box. On failure the delivered part is removed, the rest stays hidden
+  until rq's next retry; after the last try the batch ends in rq's failed registry (``rq requeue``
+  sends it again) and leaves the box.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from rq import get_current_job
 
 from dispatcher import functions
 from dispatcher.keys import Keys
-from dispatcher.records import FINAL_STATUSES, text
+from dispatcher.results import PumpConfig
 from dispatcher.settings import Settings
+from worker_bridge.sinks import Sink, SinkFailure, build_sinks
+from worker_bridge.sinks.records import load_records
 
 log = logging.getLogger(__name__)
 
-EVENTS_MAXLEN = 10_000
-RECORDED_FIELD = "recorded_attempt"
+
+@dataclass
+class WriterContext:
+    """What a writer process reads once: settings and its sinks."""
+
+    settings: Settings
+    sinks: dict[str, Sink] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> WriterContext:
+        return cls(settings, build_sinks(settings))
+
+    @property
+    def retention(self) -> int:
+        return int(self.settings.job_retention)
+
+    @property
+    def sink_names(self) -> list[str]:
+        return list(self.sinks)
+
+
+_context: WriterContext | None = None
+
+
+def context() -> WriterContext:
+    """This process's writer context (from the environment on first use)."""
+    global _context
+    if _context is None:
+        _context = WriterContext.build(Settings.from_env())
+    return _context
+
+
+def install_context(ctx: WriterContext) -> None:
+    """Use ``ctx`` for the tasks of this process (``worker-bridge`` builds and checks it first)."""
+    global _context
+    _context = ctx
+
+
+def process_batch(
+    namespace: str,
+    entries: list[str],
+    *,
+    connection: redis.Redis | None = None,
+    ctx: WriterContext | None = None,
+) -> dict[str, int]:
+    """Record a batch of outbox entries; counts of entries and of records this call changed."""
+    conn = connection or _rq_connection()
+    ctx = ctx or context()
+    keys = Keys(namespace)
+    call = functions.record(keys, list(entries), ctx.retention, ctx.sink_names)
+    outcome = functions.run_sync(conn, call)
+    changed = sum(1 for _, c in outcome if c)
+    log.info("recorded %d of %d results", changed, len(entries))
+    return {"entries": len(entries), "recorded": changed}
 
 
 def process_result(
-    namespace: str, job_id: str, attempt: int, *, connection: redis.Redis | None = None
+    namespace: str,
+    job_id: str,
+    attempt: int,
+    *,
+    connection: redis.Redis | None = None,
+    ctx: WriterContext | None = None,
 ) -> str:
-    """Record the result of ``job_id``'s ``attempt``; return the job's status afterwards.
+    """Record one attempt's result; the job's status afterwards ('' when unknown).
 
-    ``connection`` is for callers outside rq (tests, scripts); under rq it is the worker's.
-    Returns '' when the job record does not exist (expired or never written).
+    The task of the previous release (one result per rq job, still queued during an upgrade),
+    and a handy call for scripts and tests (``connection=``).
     """
     conn = connection or _rq_connection()
     keys = Keys(namespace)
-    status = functions.run_sync(conn, functions.processed(keys, job_id, int(attempt)))
-    if status in ("failed", "canceled"):
-        _record_once(conn, keys, job_id, int(attempt), status)
-    if status in FINAL_STATUSES:
-        retention = int(Settings.from_env().job_retention)
-        if retention:
-            conn.expire(keys.job(job_id), retention)
-    log.info("job %s attempt %s: %s", job_id, attempt, status or "unknown job")
-    return status
+    ctx = ctx or context()
+    call = functions.record(keys, [f"{job_id}:{int(attempt)}"], ctx.retention, ctx.sink_names)
+    return functions.run_sync(conn, call)[0][0]
+
+
+def sink_batch(
+    namespace: str,
+    sink: str,
+    entries: list[str],
+    *,
+    connection: redis.Redis | None = None,
+    ctx: WriterContext | None = None,
+) -> dict[str, int]:
+    """Write the final records of ``entries`` to ``sink``; remove them from its box when done."""
+    conn = connection or _rq_connection()
+    ctx = ctx or context()
+    keys = Keys(namespace)
+    target = ctx.sinks.get(sink)
+    if target is None:
+        # this writer does not run that sink: leave the entries for one that does
+        raise SinkFailure(f"sink {sink!r} is not configured on this writer (DISPATCHER_SINKS)")
+    jobs, gone = load_records(conn, keys, list(entries))
+    try:
+        target.write(jobs)
+    except SinkFailure as exc:
+        delivered = [job.entry for job in jobs[: exc.delivered]] + gone
+        rest = [job.entry for job in jobs[exc.delivered :]]
+        _after_failure(conn, keys, sink, delivered, rest, ctx)
+        raise
+    _remove(conn, keys, sink, [job.entry for job in jobs] + gone)
+    return {"entries": len(entries), "written": len(jobs)}
+
+
+def _after_failure(
+    conn: redis.Redis,
+    keys: Keys,
+    sink: str,
+    delivered: list[str],
+    rest: list[str],
+    ctx: WriterContext,
+) -> None:
+    """Keep what was delivered; hide the rest until rq's next try, or let it go after the last."""
+    _remove(conn, keys, sink, delivered)
+    job = get_current_job()
+    retries_left = getattr(job, "retries_left", None) if job is not None else None
+    if not rest:
+        return
+    if not retries_left:
+        # the last try: rq moves this batch to its failed registry (`rq requeue` retries it)
+        _remove(conn, keys, sink, rest)
+        return
+    wait = float(job.get_retry_interval()) if job is not None else 0.0
+    hidden = PumpConfig().sink_visibility + wait
+    seconds, micros = conn.time()  # box scores are on the Redis server's clock
+    until = int((seconds + micros / 1e6 + hidden) * 1000)
+    conn.zadd(keys.sinkbox(sink), dict.fromkeys(rest, until), xx=True)
+
+
+def _remove(conn: redis.Redis, keys: Keys, sink: str, entries: list[str]) -> None:
+    if entries:
+        conn.zrem(keys.sinkbox(sink), *entries)
 
 
 def _rq_connection() -> redis.Redis:
     job = get_current_job()
     if job is None:
-        raise RuntimeError("process_result runs under an rq worker, or needs connection=")
-    connection: redis.Redis = job.connection
-    return connection
-
-
-def _record_once(conn: redis.Redis, keys: Keys, job_id: str, attempt: int, status: str) -> None:
-    """Append one ``recorded`` event for this attempt of a failed/canceled job, at most once."""
-    job_key = keys.job(job_id)
-
-    def record(pipe: redis.client.Pipeline) -> None:
-        current, done = (text(v) for v in pipe.hmget(job_key, ["attempt", RECORDED_FIELD]))
-        if current != str(attempt) or done == str(attempt):
-            return  # a stale attempt, or recorded before
-        seconds, micros = pipe.time()
-        pipe.multi()
-        pipe.hset(job_key, RECORDED_FIELD, str(attempt))
-        pipe.xadd(
-            keys.events,
-            {
-                "event": "recorded",
-                "job": job_id,
-                "attempt": str(attempt),
-                "ts": str(seconds * 1000 + micros // 1000),
-                "status": status,
-            },
-            maxlen=EVENTS_MAXLEN,
-            approximate=True,
-        )
-
-    conn.transaction(record, job_key)
+        raise RuntimeError("this task runs under an rq worker, or needs connection=")
+    connection: Any = job.connection
+    return connection  # type: ignore[no-any-return]

@@ -1,7 +1,7 @@
-#!lua name=dispatch_v1
+#!lua name=dispatch_v2
 --[[
-Dispatcher Redis Function library, version 1 (library `dispatch_v1`; every function name starts
-with `dispatch_v1_` so pods of two releases can share one Redis during a rolling upgrade).
+Dispatcher Redis Function library, version 2 (library `dispatch_v2`; every function name starts
+with `dispatch_v2_` so pods of two releases can share one Redis during a rolling upgrade).
 
 Theory of operation. Redis is the single source of truth. Every change that touches more than one
 key is one function here, so it is atomic. A job is matched to a runner inside these functions
@@ -33,6 +33,12 @@ local function pod_runners_key(ns, pod) return key(ns, 'pod', pod, 'runners') en
 local function pod_inbox_key(ns, pod) return key(ns, 'pod', pod, 'inbox') end
 local function pod_channel(ns, pod) return key(ns, 'pod', pod, 'bell') end
 local function done_channel(ns) return key(ns, 'done') end
+local function outbox_key(ns) return key(ns, 'outbox') end
+local function sinkbox_key(ns, sink) return key(ns, 'sinkbox', sink) end
+local function sinks_key(ns) return key(ns, 'sinks') end
+-- rq keeps a queue named Q in the list 'rq:queue:Q' (mirror of Keys.rq_queue)
+local function results_rq_queue(ns) return 'rq:queue:' .. ns .. ':results' end
+local function sink_rq_queue(ns, sink) return 'rq:queue:' .. ns .. ':sink:' .. sink end
 
 local EVENTS_MAXLEN = '10000'
 local MAX_LOST_STARTS = 5
@@ -152,7 +158,6 @@ local function next_deadline(job, cfg)
 end
 
 local function publish_done(ns, id) redis.call('PUBLISH', done_channel(ns), id) end
-local function outbox_key(ns) return key(ns, 'outbox') end
 
 -- ---------------------------------------------------------------------------------------------
 -- matching
@@ -232,6 +237,10 @@ end
 -- ending attempts (reaper, rule 1, cancel)
 -- ---------------------------------------------------------------------------------------------
 
+-- Record a terminal outcome of the job's current attempt, and append '<job>:<attempt>' to the
+-- results outbox in the same call: whoever decided the outcome (a runner's message, the reaper, a
+-- cancel) may die right after, and the result writers still get it. Score = when the entry is
+-- due for the pump (now); the pump re-scores it while a batch holds it.
 local function finalize(ns, id, status, error, now, extra)
   local jk = job_key(ns, id)
   local fields = extra or {}
@@ -239,15 +248,10 @@ local function finalize(ns, id, status, error, now, extra)
   write_fields(jk, fields)
   redis.call('ZREM', leases_key(ns), id)
   count(ns, status)
-  emit(ns, now, status, id, {attempt = redis.call('HGET', jk, 'attempt'), error = error or ''})
+  local attempt = redis.call('HGET', jk, 'attempt')
+  emit(ns, now, status, id, {attempt = attempt, error = error or ''})
   if status ~= 'completed' then publish_done(ns, id) end
-end
-
--- An outcome the server decided (no runner will resend it): its result task must be queued even
--- if the caller dies now, so it is recorded in the outbox in this same call.
-local function finalize_by_server(ns, id, status, error, now, extra)
-  finalize(ns, id, status, error, now, extra)
-  redis.call('ZADD', outbox_key(ns), now, id .. ':' .. redis.call('HGET', job_key(ns, id), 'attempt'))
+  redis.call('ZADD', outbox_key(ns), now, id .. ':' .. attempt)
 end
 
 -- The attempt of job `j` (a load_job table) is lost: tell its runner's pod, free the runner.
@@ -264,7 +268,7 @@ local function expire_start(ns, j, now, cfg)
   local lost = redis.call('HINCRBY', job_key(ns, j.id), 'lost_starts', 1)
   emit(ns, now, 'start_expired', j.id, {attempt = j.attempt, runner = j.runner})
   if lost >= MAX_LOST_STARTS then
-    finalize_by_server(ns, j.id, 'failed', 'not started', now)
+    finalize(ns, j.id, 'failed', 'not started', now)
     return 'failed'
   end
   match_or_queue(ns, j.id, now, cfg)
@@ -279,7 +283,7 @@ local function expire_lease(ns, j, now, cfg)
     match_or_queue(ns, j.id, now, cfg)
     return 'requeued'
   end
-  finalize_by_server(ns, j.id, 'failed', 'lease expired', now, {failed_by = 'lease'})
+  finalize(ns, j.id, 'failed', 'lease expired', now, {failed_by = 'lease'})
   return 'failed'
 end
 
@@ -289,7 +293,7 @@ local function cancel_job(ns, j, reason, now)
   elseif IN_FLIGHT[j.status] then
     drop_attempt(ns, j, now)
   end
-  finalize_by_server(ns, j.id, 'canceled', reason, now, {cancel_reason = reason})
+  finalize(ns, j.id, 'canceled', reason, now, {cancel_reason = reason})
 end
 
 -- One due lease entry. Returns the outcome or nil when not due yet (then re-scored).
@@ -339,7 +343,7 @@ local function new_job_id(ns, seq, now)
          .. variant .. string.sub(h, 18, 20) .. '-' .. string.sub(h, 21, 32)
 end
 
---[[ dispatch_v1_submit
+--[[ dispatch_v2_submit
 ARGV: ns, job_id ('' = generate a UUID), spec, payload (JSON text), priority (integer),
       timeout (seconds > 0), max_attempts (integer >= 1)
 Keys: job, seq, specs, pending:<spec> or (idle:<spec>, runner, leases, pod inbox/bell), stats, events
@@ -382,7 +386,7 @@ local function submit(keys, args)
   return id
 end
 
---[[ dispatch_v1_cancel
+--[[ dispatch_v2_cancel
 ARGV: ns, job_id, reason ('canceled' by default)
 Reply: 1 when this call canceled the job, 0 when it was already final. Error when unknown.
 Invariant: a pending job leaves its queue; a claimed/running one frees its runner and its pod is
@@ -402,7 +406,7 @@ end
 -- runner registry
 -- ---------------------------------------------------------------------------------------------
 
---[[ dispatch_v1_runner_add
+--[[ dispatch_v2_runner_add
 ARGV: ns, name, token_sha256_hex, specs (JSON list of spec strings)
 Reply: 1. Error when the name exists or a spec is invalid.
 ]]
@@ -430,7 +434,7 @@ local function runner_add(keys, args)
   return 1
 end
 
---[[ dispatch_v1_runner_revoke
+--[[ dispatch_v2_runner_revoke
 ARGV: ns, name
 Reply: 1, or error when unknown. Invariant: the runner leaves every idle set; its token stops
 working; the pod holding it is told (it closes the socket with 4001). A job in flight keeps its
@@ -456,7 +460,7 @@ end
 -- connection lifecycle (called by pods)
 -- ---------------------------------------------------------------------------------------------
 
---[[ dispatch_v1_attach
+--[[ dispatch_v2_attach
 ARGV: ns, runner, pod
 Reply: {"conn": generation, "job": id or "", "attempt": n or null}; error when unknown.
 Invariant: the runner's record names exactly one live connection (pod + generation); a previous
@@ -480,7 +484,7 @@ local function attach(keys, args)
   return cjson.encode({conn = conn, job = r[2] or '', attempt = tonumber(r[3])})
 end
 
---[[ dispatch_v1_detach
+--[[ dispatch_v2_detach
 ARGV: ns, runner, pod, conn
 Reply: 1 when this connection was the runner's current one, else 0.
 Invariant: a job in flight keeps its lease (the runner may re-attach elsewhere).
@@ -501,7 +505,7 @@ local function current_conn(ns, name, conn)
   return redis.call('HGET', runner_key(ns, name), 'conn') == conn
 end
 
---[[ dispatch_v1_ready
+--[[ dispatch_v2_ready
 ARGV: ns, runner, conn, info (JSON object or ''), mode ('wait' by default, or 'try')
 Reply: {"result": "job", ...offer} | {"result": "idle"} | {"result": "none"} (mode 'try') |
 {"result": "stale"} (not the current connection).
@@ -532,7 +536,7 @@ local function ready(keys, args)
   return cjson.encode({result = 'idle'})
 end
 
---[[ dispatch_v1_poll_end
+--[[ dispatch_v2_poll_end
 ARGV: ns, runner, conn, mode ('offer' by default, or 'release')
 Reply: {"result": "job", ...offer} when a job was assigned a moment earlier (mode 'offer'), or
 {"result": "released"} when such a job went back to the queue (mode 'release': the pod cannot
@@ -563,7 +567,7 @@ local function poll_end(keys, args)
   return cjson.encode({result = 'none'})
 end
 
---[[ dispatch_v1_observe
+--[[ dispatch_v2_observe
 ARGV: ns, pod, runner, local_job ('' when the connection has none)
 Reply: {"exists", "conn", "pod", "polling" (in the idle sets),
         "offer" (a claimed job waiting for this runner, or null),
@@ -603,7 +607,7 @@ local function lost_reason(j)
   return 'lease_lost'
 end
 
---[[ dispatch_v1_start
+--[[ dispatch_v2_start
 ARGV: ns, runner, job, attempt
 Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
 Invariant: only the runner holding the job's current attempt can start it or re-attach to it;
@@ -633,7 +637,7 @@ local function start(keys, args)
   return cjson.encode({result = 'ok'})
 end
 
---[[ dispatch_v1_heartbeat
+--[[ dispatch_v2_heartbeat
 ARGV: ns, runner, job, attempt
 Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
 Invariant: extends the lease of a running job owned by this runner and attempt; a claimed job is
@@ -656,7 +660,7 @@ local function heartbeat(keys, args)
   return cjson.encode({result = 'ok'})
 end
 
---[[ dispatch_v1_finish
+--[[ dispatch_v2_finish
 ARGV: ns, runner, job, attempt, status (completed|failed|canceled), then four optional values
       exit_code, results (JSON text), stdout, stderr, each '' when absent or '=' + the value,
       then error (text).
@@ -664,7 +668,8 @@ Reply: {"result": "recorded"|"duplicate"|"stale"|"unknown", "status": current st
         "override": true when a `completed` replaced a lease-expiry failure of the same attempt}.
 Invariant: the first terminal state of an attempt wins (fenced by job + attempt + runner), except
 that `completed` replaces a `failed` the server recorded only because the lease expired; the
-runner is freed; the lease is dropped.
+runner is freed; the lease is dropped; a recorded outcome is in the results outbox when this
+returns (PROTOCOL rule 4: the pod acknowledges right after this call, nothing else is needed).
 ]]
 local function finish(keys, args)
   local ns, name, id, attempt, status = args[1], args[2], args[3], args[4], args[5]
@@ -685,34 +690,121 @@ local function finish(keys, args)
   return cjson.encode({result = 'recorded', status = status, override = override})
 end
 
---[[ dispatch_v1_processed
-ARGV: ns, job, attempt
-Reply: the job's status after the call ('' when unknown).
-Invariant: compare-and-set completed -> processed for that attempt; safe to run twice.
-]]
-local function processed(keys, args)
-  local ns, id, attempt = args[1], args[2], args[3]
-  local jk = job_key(ns, id)
-  local j = redis.call('HMGET', jk, 'status', 'attempt')
-  if not j[1] then return '' end
-  if j[1] == 'completed' and j[2] == attempt then
-    local now = now_ms()
-    redis.call('HSET', jk, 'status', 'processed', 'processed', tostring(now))
-    count(ns, 'processed')
-    emit(ns, now, 'processed', id, {attempt = attempt})
-    publish_done(ns, id)
-    return 'processed'
-  end
-  return j[1]
+-- '<job>:<attempt>' -> job id, attempt (text)
+local function split_entry(entry)
+  local at = string.find(entry, ':[^:]*$')
+  if not at then return entry, '' end
+  return string.sub(entry, 1, at - 1), string.sub(entry, at + 1)
 end
 
---[[ dispatch_v1_tick
+--[[ dispatch_v2_pump
+ARGV: ns, max_entries (per box), visibility_ms (outbox), sink_visibility_ms, max_queued
+Keys: outbox, sinks, sinkbox:<sink> for each sink; reads rq:queue:<ns>:results and
+      rq:queue:<ns>:sink:<sink> (their lengths).
+Reply: {"results": [entry...], "sinks": {"<sink>": [entry...]}, "more": bool}
+"more": due entries were left behind (a full take, or a box skipped because its rq queue already
+holds max_queued batches): the caller pumps again soon.
+Invariant: an entry handed out stays in its box, re-scored to now + visibility_ms, so no other
+pump hands it out before then; only a writer that recorded it removes it. A batch lost with its
+pod or its writer is therefore handed out again after visibility_ms: at least once, never lost.
+]]
+local function take_due(box, now, max_entries, visibility)
+  local due = redis.call('ZRANGEBYSCORE', box, '-inf', now, 'LIMIT', 0, max_entries)
+  if #due > 0 then
+    local args = {'ZADD', box, 'XX'}
+    for _, entry in ipairs(due) do
+      table.insert(args, now + visibility)
+      table.insert(args, entry)
+    end
+    redis.call(unpack(args))
+  end
+  return due, #due == max_entries
+end
+
+local function pump(keys, args)
+  local ns, max_entries = args[1], tonumber(args[2])
+  local visibility, sink_visibility = tonumber(args[3]), tonumber(args[4])
+  local max_queued = tonumber(args[5])
+  local now = now_ms()
+  local out, more = {results = {}, sinks = {}}, false
+  local function box_due(box) return redis.call('ZCOUNT', box, '-inf', now) > 0 end
+  if redis.call('LLEN', results_rq_queue(ns)) < max_queued then
+    local full
+    out.results, full = take_due(outbox_key(ns), now, max_entries, visibility)
+    more = more or full
+  else
+    more = more or box_due(outbox_key(ns))
+  end
+  for _, sink in ipairs(redis.call('SMEMBERS', sinks_key(ns))) do
+    if redis.call('LLEN', sink_rq_queue(ns, sink)) < max_queued then
+      local due, full = take_due(sinkbox_key(ns, sink), now, max_entries, sink_visibility)
+      if #due > 0 then out.sinks[sink] = due end
+      more = more or full
+    else
+      more = more or box_due(sinkbox_key(ns, sink))
+    end
+  end
+  out.more = more
+  return cjson.encode(out)
+end
+
+--[[ dispatch_v2_record
+ARGV: ns, retention_s (0 = keep records), sinks (JSON list of sink names, [] for none),
+      then one or more entries '<job>:<attempt>' from the results outbox
+Keys: outbox, job:<id> of each entry, stats, events, sinks, sinkbox:<sink>; publishes on done.
+Reply: JSON list, per entry in order: [status after the call ('' = no such job), changed (bool)]
+Invariant: compare-and-set per entry, so a batch run twice (a re-pumped batch, rq retrying a task)
+changes nothing the second time: completed -> processed for that attempt (event, counter, done
+notice); a failed/canceled attempt gets exactly one `recorded` event; a record that just became
+final gets its retention TTL and is appended to every sink's box (same call, so no sink misses an
+outcome); the entry leaves the outbox.
+]]
+local function record(keys, args)
+  local ns, retention = args[1], tonumber(args[2]) or 0
+  local ok, sinks = pcall(cjson.decode, args[3] or '[]')
+  if not ok or type(sinks) ~= 'table' then return fail('invalid sinks: a JSON list of names') end
+  local now = now_ms()
+  local out = {}
+  for i = 4, #args do
+    local entry = args[i]
+    local id, attempt = split_entry(entry)
+    local jk = job_key(ns, id)
+    local j = redis.call('HMGET', jk, 'status', 'attempt', 'recorded_attempt')
+    local status, changed = j[1] or '', false
+    if j[1] and j[2] == attempt then
+      if status == 'completed' then
+        redis.call('HSET', jk, 'status', 'processed', 'processed', tostring(now))
+        status, changed = 'processed', true
+        count(ns, 'processed')
+        emit(ns, now, 'processed', id, {attempt = attempt})
+        publish_done(ns, id)
+      elseif (status == 'failed' or status == 'canceled') and j[3] ~= attempt then
+        redis.call('HSET', jk, 'recorded_attempt', attempt)
+        changed = true
+        emit(ns, now, 'recorded', id, {attempt = attempt, status = status})
+      end
+      if changed then
+        if retention > 0 then redis.call('EXPIRE', jk, retention) end
+        for _, sink in ipairs(sinks) do
+          redis.call('ZADD', sinkbox_key(ns, sink), now, entry)
+          redis.call('SADD', sinks_key(ns), sink)
+        end
+      end
+    end
+    redis.call('ZREM', outbox_key(ns), entry)
+    out[#out + 1] = {status, changed}
+  end
+  return cjson.encode(out)
+end
+
+--[[ dispatch_v2_tick
 ARGV: ns, pod, pod_ttl_ms, max_reap
 Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined": bool,
-        "outbox": ['<job>:<attempt>'...] (result tasks to queue, then ZREM from the outbox)}
+        "backlog": number of outbox and sink box entries due for the pump}
 "rejoined" is true when the pod was absent or past its deadline: its runners may have been
 detached by another pod's tick, so the pod must close their sockets (they reconnect).
-Keys: pods, pod:<pod>:runners/inbox, leases and the jobs/runners/pods they name.
+Keys: pods, pod:<pod>:runners/inbox, leases and the jobs/runners/pods they name; outbox, sinks
+and sinkbox:<sink> (counted only).
 Invariant: renews this pod's presence; a pod past its deadline loses its runners (idle ones go
 offline; jobs in flight keep their leases); due leases are reaped by compare-and-set, so any number
 of pods may tick at once without a leader.
@@ -731,6 +823,15 @@ local function reap_dead_pods(ns, now)
     redis.call('ZREM', pods_key(ns), dead)
     emit(ns, now, 'pod_lost', '', {pod = dead})
   end
+end
+
+-- Entries the pump should move now (outbox and every sink box): 0 costs the pod nothing more.
+local function due_backlog(ns, now)
+  local n = redis.call('ZCOUNT', outbox_key(ns), '-inf', now)
+  for _, sink in ipairs(redis.call('SMEMBERS', sinks_key(ns))) do
+    n = n + redis.call('ZCOUNT', sinkbox_key(ns, sink), '-inf', now)
+  end
+  return n
 end
 
 local function tick(keys, args)
@@ -753,11 +854,10 @@ local function tick(keys, args)
   end
   -- (an empty Lua table encodes as {}; callers treat an empty object as an empty list)
   return cjson.encode({inbox = redis.call('SMEMBERS', pod_inbox_key(ns, pod)), reaped = reaped,
-                       rejoined = rejoined,
-                       outbox = redis.call('ZRANGE', outbox_key(ns), 0, max_reap - 1)})
+                       rejoined = rejoined, backlog = due_backlog(ns, now)})
 end
 
---[[ dispatch_v1_pod_stop
+--[[ dispatch_v2_pod_stop
 ARGV: ns, pod
 Reply: 1. Invariant: a pod that shuts down leaves the pod set at once (its runners were detached
 one by one before this; jobs in flight keep their leases).
@@ -769,18 +869,19 @@ local function pod_stop(keys, args)
   return 1
 end
 
-redis.register_function('dispatch_v1_submit', submit)
-redis.register_function('dispatch_v1_cancel', cancel)
-redis.register_function('dispatch_v1_runner_add', runner_add)
-redis.register_function('dispatch_v1_runner_revoke', runner_revoke)
-redis.register_function('dispatch_v1_attach', attach)
-redis.register_function('dispatch_v1_detach', detach)
-redis.register_function('dispatch_v1_ready', ready)
-redis.register_function('dispatch_v1_poll_end', poll_end)
-redis.register_function('dispatch_v1_observe', observe)
-redis.register_function('dispatch_v1_start', start)
-redis.register_function('dispatch_v1_heartbeat', heartbeat)
-redis.register_function('dispatch_v1_finish', finish)
-redis.register_function('dispatch_v1_processed', processed)
-redis.register_function('dispatch_v1_tick', tick)
-redis.register_function('dispatch_v1_pod_stop', pod_stop)
+redis.register_function('dispatch_v2_submit', submit)
+redis.register_function('dispatch_v2_cancel', cancel)
+redis.register_function('dispatch_v2_runner_add', runner_add)
+redis.register_function('dispatch_v2_runner_revoke', runner_revoke)
+redis.register_function('dispatch_v2_attach', attach)
+redis.register_function('dispatch_v2_detach', detach)
+redis.register_function('dispatch_v2_ready', ready)
+redis.register_function('dispatch_v2_poll_end', poll_end)
+redis.register_function('dispatch_v2_observe', observe)
+redis.register_function('dispatch_v2_start', start)
+redis.register_function('dispatch_v2_heartbeat', heartbeat)
+redis.register_function('dispatch_v2_finish', finish)
+redis.register_function('dispatch_v2_pump', pump)
+redis.register_function('dispatch_v2_record', record)
+redis.register_function('dispatch_v2_tick', tick)
+redis.register_function('dispatch_v2_pod_stop', pod_stop)

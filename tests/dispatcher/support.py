@@ -108,8 +108,10 @@ def job_events(rclient: RClient, keys: Keys, job_id: str) -> list[dict[str, str]
 
 
 def queued_results(rclient: RClient, keys: Keys) -> list[str]:
-    """Ids of the rq jobs waiting on the namespace's results queue."""
-    return list(rclient.lrange(f"rq:queue:{keys.results_queue}", 0, -1))
+    """Outcomes waiting for a result writer: the results outbox, '<job id>:<attempt>' each
+    (an entry stays there, whether or not a pump has put it in an rq batch, until a writer
+    records it; no writer runs in these tests)."""
+    return list(rclient.zrange(keys.outbox, 0, -1))
 
 
 def state_of(rclient: RClient, keys: Keys, job_id: str, runner: str) -> dict[str, Any]:

@@ -62,7 +62,47 @@ def test_namespaces_never_share_a_key(rclient, namespace: str):
         fn.run_sync(rclient, fn.submit(a, "", "linux", "{}", 0, 60, 1))
         assert not _all_keys(rclient, b.namespace)
         assert a.results_queue != b.results_queue
-        assert a.result_job_id("j", 1) != b.result_job_id("j", 1)
+        assert a.batch_job_id("results", "t") != b.batch_job_id("results", "t")
+        assert a.sink_queue("postgres") != b.sink_queue("postgres")
     finally:
         for name in _all_keys(rclient, b.namespace):
             rclient.delete(name)
+
+
+def test_the_results_path_writes_only_keys_built_by_keys(rclient, keys: Keys):
+    """finish -> outbox; pump reads the rq queue lengths Keys names; record -> sink boxes."""
+    run = lambda call: fn.run_sync(rclient, call)  # noqa: E731
+    queue = Keys.rq_queue(keys.results_queue)
+    rclient.rpush(queue, "a-batch")  # a queue the pump must see as full (max_queued 1)
+    run(fn.tick(keys, "p", 10_000))
+    run(fn.runner_add(keys, "r1", "h", ["linux"]))
+    conn = run(fn.attach(keys, "r1", "p"))["conn"]
+    job = run(fn.submit(keys, "", "linux", "{}", 0, 60, 1))
+    assert run(fn.ready(keys, "r1", conn, ""))["job"] == job
+    run(fn.start(keys, "r1", job, 1))
+    fin = fn.finish(
+        keys,
+        "r1",
+        job,
+        1,
+        "completed",
+        exit_code=0,
+        results=None,
+        stdout=None,
+        stderr=None,
+        error="",
+    )
+    assert run(fin)["result"] == "recorded"
+    entry = f"{job}:1"
+    assert rclient.zrange(keys.outbox, 0, -1) == [entry]
+    assert run(fn.pump(keys, 10, 10_000, 60_000, 1)) == {"results": {}, "sinks": {}, "more": True}
+    rclient.delete(queue)
+    assert run(fn.pump(keys, 10, 10_000, 60_000, 1))["results"] == [entry]
+    assert run(fn.record(keys, [entry], 0, ["postgres"])) == [("processed", True)]
+    assert rclient.smembers(keys.sinks) == {"postgres"}
+    assert rclient.zrange(keys.sinkbox("postgres"), 0, -1) == [entry]
+    assert not rclient.exists(keys.outbox)
+    rclient.rpush(Keys.rq_queue(keys.sink_queue("postgres")), "a-batch")
+    assert run(fn.pump(keys, 10, 10_000, 60_000, 1))["more"] is True  # sink queue full
+    rclient.delete(Keys.rq_queue(keys.sink_queue("postgres")))
+    assert run(fn.pump(keys, 10, 10_000, 60_000, 1))["sinks"] == {"postgres": [entry]}

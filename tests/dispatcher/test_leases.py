@@ -134,7 +134,7 @@ async def test_lease_expiry_fails_the_job_when_no_attempts_remain(launch, settin
     assert lease(rclient, keys, job_id) is None
     assert runner_rec(rclient, keys, "r1")["job"] == ""
     await eventually(
-        lambda: keys.result_job_id(job_id, 1) in queued_results(rclient, keys),
+        lambda: f"{job_id}:1" in queued_results(rclient, keys),
         what="failure queued for the result writers",
     )
     await runner.send("heartbeat", job=job_id, attempt=1)

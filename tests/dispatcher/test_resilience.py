@@ -7,6 +7,8 @@ import dataclasses
 import json
 
 import pytest
+import redis
+from rq import Queue
 
 from dispatcher import functions
 from dispatcher.errors import InvalidInput
@@ -106,17 +108,24 @@ def test_runner_names_that_cannot_be_a_url_segment_are_refused(rclient, keys, na
     assert not rclient.exists(keys.runners)
 
 
-async def test_a_cancel_by_fcall_gets_its_result_task_queued_by_a_pods_tick(
+async def test_a_cancel_by_fcall_gets_its_result_batch_queued_by_a_pods_tick(
     launch, settings, rclient, keys
 ):
     """Producers in other languages cancel with FCALL and queue nothing: the outbox, written in
-    the same function as the cancel, is drained by the pods."""
+    the same function as the cancel, is pumped into an rq batch by a pod's tick; the entry stays
+    in the outbox (hidden until the batch's visibility ends) until a writer records it."""
     await launch(settings)
     job_id = submit(rclient, keys)
     assert functions.run_sync(rclient, functions.cancel(keys, job_id))
     assert rclient.zrange(keys.outbox, 0, -1) == [f"{job_id}:0"]
-    await eventually(lambda: not rclient.exists(keys.outbox), 3.0)
-    assert keys.result_job_id(job_id, 0) in queued_results(rclient, keys)
+    queue = Queue(keys.results_queue, connection=redis.Redis.from_url(settings.redis_url))
+    await eventually(lambda: len(queue.job_ids) == 1, 3.0, what="a results batch queued")
+    batch = queue.jobs[0]
+    assert batch.func_name == "worker_bridge.tasks.process_batch"
+    assert batch.args == (keys.namespace, [f"{job_id}:0"])
+    assert f"{job_id}:0" in queued_results(rclient, keys)
+    now_ms = rclient.time()[0] * 1000
+    assert rclient.zscore(keys.outbox, f"{job_id}:0") > now_ms  # hidden while the batch holds it
 
 
 @pytest.mark.parametrize("compression", [True, False])

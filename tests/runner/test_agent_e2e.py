@@ -97,8 +97,8 @@ def event_names(rclient: redis.Redis, keys: Keys, job_id: str) -> list[str]:
 
 
 def queued_results(rclient: redis.Redis, keys: Keys) -> list[str]:
-    """The rq job ids waiting in the namespace's results queue (no result writer runs here)."""
-    return [str(i) for i in rclient.lrange(f"rq:queue:{keys.results_queue}", 0, -1)]
+    """Outcomes waiting in the results outbox, '<job>:<attempt>' (no result writer runs here)."""
+    return [str(i) for i in rclient.zrange(keys.outbox, 0, -1)]
 
 
 def alive(pid: int) -> bool:
@@ -282,8 +282,8 @@ async def test_a_job_runs_and_its_output_is_recorded_then_processed(
         assert (record["status"], record["exit_code"], record["error"]) == ("completed", 0, None)
         assert (record["stdout"], record["stderr"]) == ("hi\n", "err\n")
         assert (record["runner"], record["attempt"]) == (RUNNER, 1)
-        # queued for the result writers under the attempt's deterministic rq id, once
-        assert queued_results(env.rclient, env.keys) == [env.keys.result_job_id(job_id, 1)]
+        # in the results outbox for the result writers, once
+        assert queued_results(env.rclient, env.keys) == [f"{job_id}:1"]
         # the result writer's task, run here, takes it to `processed`
         with redis.Redis.from_url(env.settings.redis_url) as conn:
             assert process_result(env.settings.namespace, job_id, 1, connection=conn) == "processed"
@@ -450,7 +450,7 @@ async def test_the_agent_reattaches_to_its_job_through_a_restarted_pod(
         await eventually(lambda: f"result of job {job_id} acknowledged" in agent_log.text, 5)
     names = event_names(env.rclient, env.keys, job_id)
     assert names == ["submitted", "claimed", "running", "completed"], names
-    assert queued_results(env.rclient, env.keys) == [env.keys.result_job_id(job_id, 1)]
+    assert queued_results(env.rclient, env.keys) == [f"{job_id}:1"]
 
 
 async def test_a_cancel_made_while_the_agent_was_away_reaches_it_when_it_reattaches(
@@ -576,7 +576,7 @@ async def test_a_result_held_in_the_spool_arrives_once_after_a_kill(
     record = env.client.get(job_id)
     assert (record["status"], record["exit_code"], record["stdout"]) == ("completed", 0, "done\n")
     assert not env.spool_result.exists()
-    result_id = env.keys.result_job_id(job_id, 1)
+    result_id = f"{job_id}:1"
     assert event_names(env.rclient, env.keys, job_id).count("completed") == 1
     assert queued_results(env.rclient, env.keys) == [result_id]
 

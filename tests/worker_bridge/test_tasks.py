@@ -1,4 +1,4 @@
-"""The result task and the workers that run it, against a real Redis."""
+"""The result tasks (one result, a batch) and the workers that run them, against a real Redis."""
 
 from __future__ import annotations
 
@@ -6,29 +6,24 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from rq import Queue
 
-from dispatcher import functions, results
+from dispatcher import functions
 from dispatcher.errors import ConfigError
 from dispatcher.keys import Keys
+from dispatcher.results import PumpConfig, pump_once
 from dispatcher.settings import Settings
 from tests.jobflow import SPEC, FakePod
-from worker_bridge.tasks import process_result
+from worker_bridge.tasks import WriterContext, context, process_batch, process_result
 
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    """A connection that does not decode, like an rq worker's."""
-    r = redis.Redis.from_url(redis_url)
-    yield r
-    r.close()
+CTX = WriterContext(Settings())  # default retention, no sinks
 
 
 def submit(rclient: redis.Redis, keys: Keys, job_id: str = "", max_attempts: int = 1) -> str:
@@ -58,8 +53,8 @@ def test_completed_becomes_processed_once(
     pubsub = rclient.pubsub()
     pubsub.subscribe(keys.done_channel)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
-    assert process_result(keys.namespace, job_id, attempt, connection=raw) == "processed"
-    assert process_result(keys.namespace, job_id, attempt, connection=raw) == "processed"
+    assert process_result(keys.namespace, job_id, attempt, connection=raw, ctx=CTX) == "processed"
+    assert process_result(keys.namespace, job_id, attempt, connection=raw, ctx=CTX) == "processed"
     assert rclient.hget(keys.job(job_id), "status") == "processed"
     assert len(events(rclient, keys, job_id, "processed")) == 1
     assert rclient.hget(keys.stats, "processed") == "1"
@@ -80,10 +75,10 @@ def test_a_stale_attempt_changes_nothing(
     assert pod.ready()["attempt"] == 2
     pod.finish(job_id, 2)
     before = dict(rclient.hgetall(keys.job(job_id)))
-    assert process_result(keys.namespace, job_id, first[1], connection=raw) == "completed"
+    assert process_result(keys.namespace, job_id, first[1], connection=raw, ctx=CTX) == "completed"
     assert dict(rclient.hgetall(keys.job(job_id))) == before
     assert rclient.ttl(keys.job(job_id)) == -1
-    assert process_result(keys.namespace, job_id, 2, connection=raw) == "processed"
+    assert process_result(keys.namespace, job_id, 2, connection=raw, ctx=CTX) == "processed"
 
 
 @pytest.mark.parametrize("final", ["failed", "canceled"])
@@ -98,7 +93,7 @@ def test_failed_or_canceled_is_recorded_once(
         attempt = 0  # canceled before any runner took it
         assert functions.run_sync(rclient, functions.cancel(keys, job_id)) is True
     for _ in range(2):
-        assert process_result(keys.namespace, job_id, attempt, connection=raw) == final
+        assert process_result(keys.namespace, job_id, attempt, connection=raw, ctx=CTX) == final
     recorded = events(rclient, keys, job_id, "recorded")
     assert len(recorded) == 1 and recorded[0]["status"] == final
     assert recorded[0]["attempt"] == str(attempt)
@@ -107,7 +102,7 @@ def test_failed_or_canceled_is_recorded_once(
 
 
 def test_unknown_job_is_a_no_op(raw: redis.Redis, rclient: redis.Redis, keys: Keys) -> None:
-    assert process_result(keys.namespace, str(uuid.uuid4()), 1, connection=raw) == ""
+    assert process_result(keys.namespace, str(uuid.uuid4()), 1, connection=raw, ctx=CTX) == ""
     assert not list(rclient.scan_iter(match=f"{keys.namespace}:*"))
 
 
@@ -121,8 +116,13 @@ def test_retention_comes_from_the_environment(
             Settings.from_env({"DISPATCHER_JOB_RETENTION": bad})
     monkeypatch.setenv("DISPATCHER_JOB_RETENTION", "0")  # 0 keeps records forever
     job_id, attempt = completed_job(rclient, keys)
-    process_result(keys.namespace, job_id, attempt, connection=raw)
+    ctx = WriterContext.build(Settings.from_env())
+    process_result(keys.namespace, job_id, attempt, connection=raw, ctx=ctx)
     assert rclient.ttl(keys.job(job_id)) == -1
+
+
+def test_a_writer_reads_its_settings_once() -> None:
+    assert context() is context()
 
 
 def test_outside_rq_a_connection_is_needed(keys: Keys) -> None:
@@ -136,9 +136,10 @@ def test_outside_rq_a_connection_is_needed(keys: Keys) -> None:
 def queue_completed_result(
     rclient: redis.Redis, raw: redis.Redis, keys: Keys, job_id: str = ""
 ) -> tuple[str, int]:
+    """A completed job whose outbox entry a pump has put in an rq batch."""
     submit(rclient, keys, job_id)
     job_id, attempt = FakePod(rclient, keys).run_next("completed")
-    assert results.enqueue_result(results.results_queue(raw, keys), keys, job_id, attempt)
+    assert pump_once(raw, keys, PumpConfig()).batches == 1
     return job_id, attempt
 
 
@@ -169,13 +170,13 @@ def test_worker_bridge_burst_processes_only_its_namespace(
         )
         assert rclient.hget(keys.job(shared_id), "status") == "processed"
         assert rclient.hget(other.job(shared_id), "status") == "completed"
-        assert Queue(other.results_queue, connection=raw).count == 1
-        assert Queue(keys.results_queue, connection=raw).count == 0
+        assert Queue(other.results_queue, connection=raw, ctx=CTX).count == 1
+        assert Queue(keys.results_queue, connection=raw, ctx=CTX).count == 0
     finally:
         names = list(raw.scan_iter(match=f"{other.namespace}:*"))
         names += list(raw.scan_iter(match=f"rq:*{other.namespace}*"))
         raw.delete(*names)
-        raw.srem("rq:queues", Queue(other.results_queue, connection=raw).key)
+        raw.srem("rq:queues", Queue(other.results_queue, connection=raw, ctx=CTX).key)
 
 
 def test_plain_rq_worker_runs_the_task(
@@ -193,3 +194,23 @@ def test_plain_rq_worker_runs_the_task(
         keys.results_queue,
     )
     assert rclient.hget(keys.job(job_id), "status") == "processed"
+
+
+def test_a_batch_records_each_entry_once(
+    rclient: redis.Redis, raw: redis.Redis, keys: Keys
+) -> None:
+    pod = FakePod(rclient, keys)
+    entries = []
+    for status in ("completed", "failed", "completed"):
+        submit(rclient, keys)
+        job_id, attempt = pod.run_next(status)
+        entries.append(f"{job_id}:{attempt}")
+    unknown = f"{uuid.uuid4()}:1"
+    first = process_batch(keys.namespace, [*entries, unknown], connection=raw, ctx=CTX)
+    assert first == {"entries": 4, "recorded": 3}
+    again = process_batch(keys.namespace, [*entries, unknown], connection=raw, ctx=CTX)
+    assert again == {"entries": 4, "recorded": 0}
+    statuses = [rclient.hget(keys.job(e.rpartition(":")[0]), "status") for e in entries]
+    assert statuses == ["processed", "failed", "processed"]
+    assert rclient.hget(keys.stats, "processed") == "2"
+    assert not rclient.exists(keys.outbox)
