@@ -86,6 +86,10 @@ class Pod(LongPoll):
             lambda: self._stopped,
         )
         self._observing: dict[str, bool] = {}
+        # runners with an attach call in flight here, and those of them a bell was observed for
+        # before their socket was registered (the attach then observes once more)
+        self._attaching: dict[str, int] = {}
+        self._missed: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.stopping = False
@@ -160,7 +164,18 @@ class Pod(LongPoll):
 
     async def attach(self, runner: str, ws: Any) -> RunnerSocket:
         """Record a new connection of ``runner`` here; a previous one is superseded (4002)."""
-        reply = await functions.run(self.redis, functions.attach(self.keys, runner, self.id))
+        self._attaching[runner] = self._attaching.get(runner, 0) + 1
+        try:
+            reply = await functions.run(self.redis, functions.attach(self.keys, runner, self.id))
+        finally:
+            self._attaching[runner] -= 1
+            if not self._attaching[runner]:
+                del self._attaching[runner]
+        if runner in self._missed and runner not in self._attaching:
+            # a newer connection elsewhere may have rung for this one before it was registered
+            # (that observe found no socket and took the runner out of the inbox): look again
+            self._missed.discard(runner)
+            self.spawn(self.observe(runner))
         sock = RunnerSocket(runner, int(reply["conn"]), ws)
         if reply.get("job"):
             sock.prior = (reply["job"], int(reply["attempt"]))
@@ -231,6 +246,8 @@ class Pod(LongPoll):
             # runner out of the inbox, so nothing would ring again for it; look again for that one
             self._observing[runner] = True
             return
+        if sock is None and runner in self._attaching:
+            self._missed.add(runner)  # the attach observes again once its socket is registered
         if sock is None or sock.closed:
             return
         if not reply["exists"]:
