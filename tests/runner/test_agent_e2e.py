@@ -364,7 +364,7 @@ async def test_a_job_over_its_timeout_is_killed_and_reported_failed(
     assert (record["status"], record["error"]) == ("failed", "timeout")
     assert record["exit_code"] == -signal.SIGTERM  # the shell died of the SIGTERM
     assert record["stdout"] == "begun\n"
-    assert 1.0 <= elapsed < 4.0
+    assert 1.0 <= elapsed < 10.0  # the dispatcher's own deadline would be 61 s
     await eventually(lambda: not alive(int(pid_file.read_text())), 3, "the job's child to die")
 
 
@@ -516,7 +516,7 @@ async def test_the_agent_asks_again_after_no_job(env: Env) -> None:
         await asyncio.sleep(1.5)
         assert env.rclient.hget(runner_key, "conn") == "1"
         job_id = env.submit({"command": ["echo", "polled"]})
-        record = await final(env.client, job_id, timeout=3)
+        record = await final(env.client, job_id, timeout=10)
     assert (record["status"], record["stdout"]) == ("completed", "polled\n")
 
 
@@ -638,8 +638,8 @@ async def test_a_second_sigterm_exits_at_once_and_the_job_is_retried(
     await runner.logged("shutdown requested")
     signaled = time.monotonic()
     runner.signal(signal.SIGTERM)
-    assert await runner.exit_code(timeout=8) == 1  # forced: documented exit status 1
-    assert time.monotonic() - signaled < 3
+    assert await runner.exit_code(timeout=15) == 1  # forced: documented exit status 1
+    assert time.monotonic() - signaled < 10  # not the 60 s drain
     await eventually(lambda: not alive(child), 3, "the job's process group to be killed")
     assert env.client.get(job_id)["status"] == "running"  # the lease still holds the attempt
 

@@ -54,7 +54,7 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-async def wait_dead(pid: int, within: float = 3.0) -> bool:
+async def wait_dead(pid: int, within: float = 10.0) -> bool:
     deadline = time.monotonic() + within
     while alive(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
@@ -142,10 +142,13 @@ async def test_cancel_kills_the_whole_process_group_including_a_grandchild(work:
 
 
 async def test_a_job_that_stops_on_sigterm_keeps_its_last_words(work: Path) -> None:
-    script = "trap 'echo bye; exit 0' TERM; echo ready; sleep 30 & wait"
+    script = "trap 'echo bye; exit 0' TERM; echo ready; : > trapped; sleep 30 & wait"
     cancel = asyncio.Event()
     task = asyncio.create_task(executor(work, kill_grace=5).run(job({"script": script}), cancel))
-    await asyncio.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not list(work.glob("job-*/trapped")):  # the trap is set: now SIGTERM is handled
+        assert time.monotonic() < deadline, "the job never set its trap"
+        await asyncio.sleep(0.02)
     cancel.set()
     outcome = await asyncio.wait_for(task, 10)
     assert outcome.error == "canceled" and outcome.stdout == "ready\nbye\n"
