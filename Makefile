@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo up test lint bench clean
+.PHONY: setup demo up test test-repeat lint bench clean
 
 $(BIN)/dispatcher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,30 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest -q
+
+# The proof that the suite is deterministic: the whole pytest suite N times in a row (default 10),
+# stopping at the first failure and naming that run. BUSY=1 keeps every core busy meanwhile (one
+# shell busy-loop per core, killed when the target ends, however it ends).
+#   make test-repeat            make test-repeat N=3 BUSY=1
+N ?= 10
+BUSY ?=
+test-repeat: lint
+	@burners=""; \
+	trap 'test -z "$$burners" || kill $$burners 2>/dev/null' EXIT INT TERM; \
+	if [ -n "$(BUSY)" ]; then \
+		for core in $$(seq $$(getconf _NPROCESSORS_ONLN)); do \
+			sh -c 'while :; do :; done' & burners="$$burners $$!"; \
+		done; \
+		echo "test-repeat: $$(getconf _NPROCESSORS_ONLN) CPU burners running"; \
+	fi; \
+	for run in $$(seq $(N)); do \
+		start=$$(date +%s); \
+		if ! $(BIN)/pytest -q -x -p no:cacheprovider; then \
+			echo "test-repeat: run $$run of $(N) FAILED"; exit 1; \
+		fi; \
+		echo "test-repeat: run $$run of $(N) passed in $$(( $$(date +%s) - start )) s"; \
+	done; \
+	echo "test-repeat: all $(N) runs passed"
 
 bench: setup
 	$(BIN)/python -m bench
