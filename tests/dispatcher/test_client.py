@@ -199,7 +199,7 @@ def test_wait_raises_timeout_error_when_the_job_stays_unfinished(client: Client)
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         client.wait(job_id, timeout=0.3)
-    assert 0.3 <= time.monotonic() - started < 1.5
+    assert 0.3 <= time.monotonic() - started < 5
 
 
 def test_wait_with_zero_timeout_looks_once(client: Client) -> None:
