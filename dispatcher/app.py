@@ -12,6 +12,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from dispatcher.channel import channel
 from dispatcher.pod import Pod
+from dispatcher.ratelimit import FailureLimiter
 from dispatcher.settings import Settings
 
 
@@ -49,4 +50,7 @@ def create_app(settings: Settings, pod: Pod | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.pod = the_pod
+    # the handshake's per-pod state (dispatcher.channel.refusal, docs/security.md)
+    app.state.auth_failures = FailureLimiter(settings.auth_fail_rate)
+    app.state.trusted_proxies = settings.trusted_proxy_networks
     return app

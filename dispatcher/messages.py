@@ -18,6 +18,11 @@ import msgspec
 
 PROTOCOL_VERSION = 1
 
+# How deep a frame's JSON may nest (objects and arrays, the frame's own object counted). Up to
+# this depth a frame is always accepted; deeper may be refused (1007): the decoder stops near
+# Python's recursion limit (1,000 levels, less the caller's own stack).
+MAX_DEPTH = 500
+
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 JobId = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
 Attempt = Annotated[int, msgspec.Meta(ge=1)]
@@ -128,8 +133,12 @@ def encode(message: Message) -> str:
 
 
 def decode_runner_message(text: str | bytes) -> RunnerMessage:
-    """Parse a frame a runner sent; raises ``msgspec.DecodeError`` (a ValidationError too)."""
-    return runner_decoder.decode(text)
+    """Parse a frame a runner sent; raises ``msgspec.DecodeError`` (a ValidationError too) for
+    every frame it refuses, JSON nested deeper than the decoder goes included (see MAX_DEPTH)."""
+    try:
+        return runner_decoder.decode(text)
+    except RecursionError:
+        raise msgspec.DecodeError("JSON nested too deeply") from None
 
 
 def decode_server_message(text: str | bytes) -> ServerMessage:

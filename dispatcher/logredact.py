@@ -1,0 +1,46 @@
+"""Keep query strings out of the logs: a runner token put in a URL must not land in a log file.
+
+uvicorn writes the request path *with* its query string into the access log and into its
+WebSocket lines ("WebSocket /v1/runners/x/channel?token=..." 401). ``QueryStringFilter`` cuts
+every path-like argument of a log record at its ``?``. The pod has no endpoint that reads a query
+string, so nothing of use is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+REDACTED = "?<query removed>"
+_PATH_QUERY = re.compile(r"(/[^\s?\"']*)\?[^\s\"']*")
+
+
+def strip_query(text: str) -> str:
+    """Every ``/path?query`` in ``text`` as ``/path?<query removed>``."""
+    if "?" not in text:
+        return text
+    return _PATH_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class QueryStringFilter(logging.Filter):
+    """Redacts the query string of every path in a record's arguments (never drops a record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                strip_query(arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        elif isinstance(record.msg, str) and not record.args:
+            record.msg = strip_query(record.msg)
+        return True
+
+
+QUERY_FILTER = QueryStringFilter()
+
+LOGGERS = ("uvicorn.access", "uvicorn.error")
+
+
+def install() -> None:
+    """Attach the filter to uvicorn's loggers (once; repeated calls change nothing)."""
+    for name in LOGGERS:
+        logging.getLogger(name).addFilter(QUERY_FILTER)
