@@ -31,7 +31,7 @@ class TcpProxy:
 
     def down(self) -> None:
         if self._listener is not None:
-            self._listener.close()
+            _close(self._listener)  # shutdown wakes the thread blocked in accept()
             self._listener = None
         with self._lock:
             for sock in self._open:

@@ -11,7 +11,7 @@ task.
 - ``sink_batch``: the final records of a batch of sink box entries (one pipeline), written by the
   sink, then removed from the box. On failure the delivered part is removed, the rest stays hidden
   until rq's next retry; after the last try the batch ends in rq's failed registry (``rq requeue``
-  sends it again) and leaves the box.
+  sends it again) and its entries stay parked in the box (score +inf) until then.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def sink_batch(
     if target is None:
         # this writer does not run that sink: leave the entries for one that does
         raise SinkFailure(f"sink {sink!r} is not configured on this writer (DISPATCHER_SINKS)")
-    jobs, gone = load_records(conn, keys, list(entries))
+    jobs, gone = load_records(conn, keys, sink, list(entries))
     try:
         target.write(jobs)
     except SinkFailure as exc:
@@ -147,13 +147,14 @@ def _after_failure(
     """Keep what was delivered; hide the rest until rq's next try, or let it go after the last."""
     _remove(conn, keys, sink, delivered)
     job = get_current_job()
-    retries_left = getattr(job, "retries_left", None) if job is not None else None
     if not rest:
         return
-    if not retries_left:
-        # the last try: rq moves this batch to its failed registry (`rq requeue` retries it)
-        _remove(conn, keys, sink, rest)
+    if job is not None and not job.retries_left:
+        # the last try: rq moves this batch to its failed registry. The entries stay in the box,
+        # parked (score +inf: never due), so `rq requeue` of the batch writes them then.
+        conn.zadd(keys.sinkbox(sink), dict.fromkeys(rest, "+inf"), xx=True)
         return
+    # rq tries again after its next interval (outside rq: a pump hands them out again)
     wait = float(job.get_retry_interval()) if job is not None else 0.0
     hidden = PumpConfig().sink_visibility + wait
     seconds, micros = conn.time()  # box scores are on the Redis server's clock

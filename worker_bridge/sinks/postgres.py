@@ -150,14 +150,30 @@ class PostgresSink:
 
         if not jobs:
             return
+        rows = [row(job) for job in jobs]
+        reused = self._conn is not None
         try:
-            conn = self._connection()
-            with conn.cursor() as cur:
-                cur.executemany(UPSERT, [row(job) for job in jobs])
-            conn.commit()
+            self._upsert(rows)
+        except psycopg.OperationalError:
+            self.close()
+            if not reused:
+                raise SinkFailure("postgres: the connection failed") from None
+            # a kept connection may have died while idle (server restart, a proxy's timeout):
+            # one fresh connection before calling it a failure
+            try:
+                self._upsert(rows)
+            except psycopg.Error as exc:
+                self.close()
+                raise SinkFailure(f"postgres: {_first_line(exc)}") from None
         except psycopg.Error as exc:
             self.close()
             raise SinkFailure(f"postgres: {_first_line(exc)}") from None
+
+    def _upsert(self, rows: list[tuple[Any, ...]]) -> None:
+        conn = self._connection()
+        with conn.cursor() as cur:
+            cur.executemany(UPSERT, rows)
+        conn.commit()
 
     def close(self) -> None:
         if self._conn is not None:

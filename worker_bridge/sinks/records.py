@@ -94,16 +94,21 @@ class JobRecord:
 
 
 def load_records(
-    conn: redis.Redis, keys: Keys, entries: list[str]
+    conn: redis.Redis, keys: Keys, sink: str, entries: list[str]
 ) -> tuple[list[JobRecord], list[str]]:
-    """The records of ``entries`` (one pipeline), and the entries whose job no longer exists."""
+    """In one pipeline: the records of those ``entries`` still in the sink's box (an entry not
+    there was delivered by an earlier try of this batch, or by another batch), and the entries
+    whose job no longer exists."""
     with conn.pipeline(transaction=False) as pipe:
+        pipe.zmscore(keys.sinkbox(sink), entries)
         for entry in entries:
             pipe.hmget(keys.job(entry.rpartition(":")[0]), list(FIELDS))
-        rows = pipe.execute()
+        scores, *rows = pipe.execute()
     found: list[JobRecord] = []
     gone: list[str] = []
-    for entry, values in zip(entries, rows, strict=True):
+    for entry, score, values in zip(entries, scores, rows, strict=True):
+        if score is None:
+            continue
         if values[0] is None:
             gone.append(entry)
             continue
