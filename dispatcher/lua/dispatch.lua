@@ -710,11 +710,11 @@ pod or its writer is therefore handed out again after visibility_ms: at least on
 ]]
 local function take_due(box, now, max_entries, visibility)
   local due = redis.call('ZRANGEBYSCORE', box, '-inf', now, 'LIMIT', 0, max_entries)
-  if #due > 0 then
+  for first = 1, #due, 1000 do  -- (unpack has a stack limit: ZADD in chunks)
     local args = {'ZADD', box, 'XX'}
-    for _, entry in ipairs(due) do
-      table.insert(args, now + visibility)
-      table.insert(args, entry)
+    for i = first, math.min(first + 999, #due) do
+      args[#args + 1] = now + visibility
+      args[#args + 1] = due[i]
     end
     redis.call(unpack(args))
   end
