@@ -18,9 +18,9 @@ import msgspec
 
 PROTOCOL_VERSION = 1
 
-# How deep a frame's JSON may nest (objects and arrays, the frame's own object counted). Up to
-# this depth a frame is always accepted; deeper may be refused (1007): the decoder stops near
-# Python's recursion limit (1,000 levels, less the caller's own stack).
+# How deep a frame's JSON may nest: objects and arrays, the frame's own object counted as 1.
+# Deeper is refused (1007). The decoder recurses, so this stays well below Python's recursion
+# limit (1,000), whatever stack the caller already uses.
 MAX_DEPTH = 500
 
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -136,9 +136,40 @@ def decode_runner_message(text: str | bytes) -> RunnerMessage:
     """Parse a frame a runner sent; raises ``msgspec.DecodeError`` (a ValidationError too) for
     every frame it refuses, JSON nested deeper than the decoder goes included (see MAX_DEPTH)."""
     try:
-        return runner_decoder.decode(text)
+        message = runner_decoder.decode(text)
     except RecursionError:
         raise msgspec.DecodeError("JSON nested too deeply") from None
+    if isinstance(message, Completed | Failed) and _nests_deeper(text, message.results):
+        raise msgspec.DecodeError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    return message
+
+
+def _nests_deeper(text: str | bytes, results: Any) -> bool:
+    """Whether ``results``, one level below the frame's object, takes the frame past MAX_DEPTH.
+
+    Only ``results`` is free-form JSON; every other field has a fixed shape. A frame with fewer
+    brackets than MAX_DEPTH cannot be that deep, so almost every frame is decided by two counts.
+    """
+    opened = (
+        text.count("[") + text.count("{")
+        if isinstance(text, str)
+        else (text.count(b"[") + text.count(b"{"))
+    )
+    if opened <= MAX_DEPTH:
+        return False
+    stack = [(results, 2)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def decode_server_message(text: str | bytes) -> ServerMessage:
