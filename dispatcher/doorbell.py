@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import redis
 import redis.asyncio
 
+from dispatcher import redisconn
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,15 @@ class Doorbell:
             except (redis.RedisError, OSError) as exc:
                 self.live = False
                 log.warning("doorbell connection lost (%s); retrying in %.1fs", exc, self._delay)
-                await asyncio.sleep(self._delay * random.uniform(0.8, 1.2))
-                self._delay = min(self._delay * 2, RETRY_MAX)
+                await self._back_off()
+            except Exception:  # anything else: the doorbell must come back, not end for good
+                self.live = False
+                log.exception("doorbell failed; retrying in %.1fs", self._delay)
+                await self._back_off()
+
+    async def _back_off(self) -> None:
+        await asyncio.sleep(self._delay * random.uniform(0.8, 1.2))
+        self._delay = min(self._delay * 2, RETRY_MAX)
 
     def probe_published(self, now: float) -> None:
         """The pod published a probe at loop time ``now``."""
@@ -76,9 +84,7 @@ class Doorbell:
         self._probe_sent, self._probe_seen = None, 0.0
 
     async def _listen(self) -> None:
-        client = redis.asyncio.Redis.from_url(
-            self._settings.redis_url, socket_keepalive=True, health_check_interval=0
-        )
+        client = redisconn.async_pubsub_client(self._settings.redis_url)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self._channel)

@@ -113,7 +113,13 @@ class LongPoll:
             await sock.send(messages.NoJob())
             return
         call = functions.ready(self.keys, sock.runner, sock.conn, "", mode="try")
-        reply = await functions.run(self.redis, call)
+        try:
+            reply = await functions.run(self.redis, call)
+        except redis.RedisError as exc:  # the poll stays open: try again next interval
+            log.warning("poll try of %s failed: %s", sock.runner, exc)
+            if sock.session.state is State.POLLING and sock.session.poll == poll:
+                self._arm_poll_try(sock, poll, deadline)
+            return
         if sock.session.state is not State.POLLING or sock.session.poll != poll:
             return
         if reply["result"] == "job":

@@ -20,7 +20,7 @@ import msgspec
 import redis
 import redis.asyncio
 
-from dispatcher import functions, messages
+from dispatcher import functions, messages, redisconn
 from dispatcher.doorbell import PROBE, Doorbell
 from dispatcher.keys import Keys
 from dispatcher.longpoll import LongPoll
@@ -67,14 +67,9 @@ class Pod(LongPoll):
         # A burst (a thousand runners connecting, or their long polls ending in the same second)
         # must queue for a connection, not fail: redis-py's default pool raises past 100 in use.
         self.redis = redis.asyncio.Redis.from_pool(
-            redis.asyncio.BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=REDIS_POOL_SIZE,
-                timeout=REDIS_POOL_TIMEOUT,
-                health_check_interval=30,
-            )
+            redisconn.async_pool(settings.redis_url, REDIS_POOL_SIZE, REDIS_POOL_TIMEOUT)
         )
-        self._sync_redis = redis.Redis.from_url(settings.redis_url)  # the pump's (rq is sync)
+        self._sync_redis = redisconn.sync_client(settings.redis_url)  # the pump's (rq is sync)
         self._pump_config = PumpConfig.from_settings(settings)
         self._pump_wanted = asyncio.Event()
         self.sockets: dict[str, RunnerSocket] = {}
@@ -137,8 +132,11 @@ class Pod(LongPoll):
             task.cancel()
         # bounded: a cancellation lost inside redis-py's timeout wrapper (CPython gh-86296) must
         # not hang the shutdown; the loops also stop on their own once they see _stopped
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=STOP_WAIT)
+        for task in self._background:
+            task.cancel()
+        pending = [*self._tasks, *self._background]
+        if pending:
+            await asyncio.wait(pending, timeout=STOP_WAIT)
         try:
             await functions.run(self.redis, functions.pod_stop(self.keys, self.id))
         except redis.RedisError as exc:

@@ -178,10 +178,13 @@ local function assign(ns, id, name, now, cfg)
   return attempt
 end
 
--- The longest-idle runner of `spec` on a live pod, dropping dead entries on the way.
+-- The longest-idle runner of `spec` on a live pod, dropping dead entries on the way. At most
+-- MAX_STALE_DROPS dead entries per call (one call never does unbounded work): past that the job is
+-- queued, and the next `ready` or poll end of a live runner takes it.
+local MAX_STALE_DROPS = 64
 local function pick_idle_runner(ns, spec, now)
   local ik = idle_key(ns, spec)
-  while true do
+  for _ = 0, MAX_STALE_DROPS do
     local top = redis.call('ZRANGE', ik, 0, 0)
     if #top == 0 then return nil end
     local name = top[1]
@@ -191,6 +194,7 @@ local function pick_idle_runner(ns, spec, now)
     end
     if r[1] then unidle(ns, name) else redis.call('ZREM', ik, name) end
   end
+  return nil
 end
 
 -- A job is (again) ready to run: hand it to an idle runner at once, or queue it.
@@ -809,9 +813,15 @@ Invariant: renews this pod's presence; a pod past its deadline loses its runners
 offline; jobs in flight keep their leases); due leases are reaped by compare-and-set, so any number
 of pods may tick at once without a leader.
 ]]
+-- Dead pods lose their runners, at most MAX_RUNNERS_REAPED runners per call (a pod may have held
+-- thousands): a pod leaves the pod set only once its runner set is empty, so the next tick goes on.
+local MAX_RUNNERS_REAPED = 500
 local function reap_dead_pods(ns, now)
+  local budget = MAX_RUNNERS_REAPED
   for _, dead in ipairs(redis.call('ZRANGEBYSCORE', pods_key(ns), '-inf', now, 'LIMIT', 0, 10)) do
-    for _, name in ipairs(redis.call('SMEMBERS', pod_runners_key(ns, dead))) do
+    local names = redis.call('SPOP', pod_runners_key(ns, dead), budget)
+    budget = budget - #names
+    for _, name in ipairs(names) do
       local r = redis.call('HMGET', runner_key(ns, name), 'pod', 'job')
       if r[1] == dead then
         unidle(ns, name)
@@ -819,9 +829,11 @@ local function reap_dead_pods(ns, now)
         redis.call('HSET', runner_key(ns, name), 'pod', '', 'state', state)
       end
     end
-    redis.call('DEL', pod_runners_key(ns, dead), pod_inbox_key(ns, dead))
+    if redis.call('SCARD', pod_runners_key(ns, dead)) > 0 then return end  -- out of budget
+    redis.call('DEL', pod_inbox_key(ns, dead))
     redis.call('ZREM', pods_key(ns), dead)
     emit(ns, now, 'pod_lost', '', {pod = dead})
+    if budget <= 0 then return end
   end
 end
 
