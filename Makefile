@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo up test test-repeat lint bench clean
+.PHONY: setup demo up test test-repeat lint bench clean clean-state
 
 $(BIN)/dispatcher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +56,16 @@ test-repeat: lint
 bench: setup
 	$(BIN)/python -m bench
 
+# `clean` keeps ./.dispatcher (the demo's Valkey data, runner tokens, spools and logs: `dispatcher up
+# --data-dir`); `clean-state` removes it, after a confirmation unless YES=1.
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+YES ?=
+clean-state:
+	@if [ ! -e .dispatcher ]; then echo "clean-state: no .dispatcher here"; exit 0; fi; \
+	if [ -z "$(YES)" ]; then \
+		printf 'Remove .dispatcher (Valkey data, runner tokens, spools, logs)? [y/N] '; \
+		read answer; case "$$answer" in y|Y|yes) ;; *) echo "clean-state: kept"; exit 0;; esac; \
+	fi; \
+	rm -rf .dispatcher && echo "clean-state: removed .dispatcher"
