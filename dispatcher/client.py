@@ -30,6 +30,10 @@ from dispatcher.status import read_status, read_status_async
 from dispatcher.submission import check_job_id, job_request
 from dispatcher.waiters import DoneWaiters
 
+# A submit that meets a connection error is sent again with the same job id after these delays
+# (about 15 s in all: a Redis restart or failover), then the error is raised.
+SUBMIT_RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 4.0)
+
 RECHECK_INTERVAL = 5.0
 DEFAULT_MAX_CONNECTIONS = 32
 TIMEOUT_MESSAGE = "timed out waiting for the job to reach a final state"
@@ -97,11 +101,27 @@ class Client:
         priority: int = 0,
         timeout: float | None = None,
         max_attempts: int = 1,
+        job_id: str | None = None,
     ) -> str:
-        """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing."""
+        """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
+
+        ``job_id`` (a UUID) makes the submit idempotent across processes: the same id and content
+        again returns the same job. Without one a UUID is chosen here, so the retries this call
+        makes after a connection error (Redis restarting) can never create the job twice.
+        """
         request = job_request(
-            spec, payload, priority=priority, timeout=timeout, max_attempts=max_attempts
+            spec,
+            payload,
+            priority=priority,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            job_id=job_id,
         )
+        for delay in SUBMIT_RETRY_DELAYS:
+            try:
+                return functions.run_sync(self._redis, request.call(self.keys))
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(delay)
         return functions.run_sync(self._redis, request.call(self.keys))
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -270,11 +290,27 @@ class AsyncClient:
         priority: int = 0,
         timeout: float | None = None,
         max_attempts: int = 1,
+        job_id: str | None = None,
     ) -> str:
-        """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing."""
+        """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
+
+        ``job_id`` (a UUID) makes the submit idempotent across processes: the same id and content
+        again returns the same job. Without one a UUID is chosen here, so the retries this call
+        makes after a connection error (Redis restarting) can never create the job twice.
+        """
         request = job_request(
-            spec, payload, priority=priority, timeout=timeout, max_attempts=max_attempts
+            spec,
+            payload,
+            priority=priority,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            job_id=job_id,
         )
+        for delay in SUBMIT_RETRY_DELAYS:
+            try:
+                return await functions.run(self._redis, request.call(self.keys))
+            except (redis.ConnectionError, redis.TimeoutError):
+                await asyncio.sleep(delay)
         return await functions.run(self._redis, request.call(self.keys))
 
     async def get(self, job_id: str) -> dict[str, Any]:

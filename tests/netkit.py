@@ -18,6 +18,9 @@ class TcpProxy:
         self.port = probe.getsockname()[1]
         probe.close()
         self._listener: socket.socket | None = None
+        # set: the next data coming back from upstream is swallowed and the connection cut (a
+        # reply lost on the way: the request did reach the server)
+        self.lose_next_reply = threading.Event()
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
 
@@ -51,12 +54,15 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._open.update((client, server))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, back in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, back), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, back: bool) -> None:
         try:
             while data := src.recv(65536):
+                if back and self.lose_next_reply.is_set():
+                    self.lose_next_reply.clear()
+                    break
                 dst.sendall(data)
         except OSError:
             pass

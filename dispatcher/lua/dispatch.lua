@@ -353,7 +353,9 @@ ARGV: ns, job_id ('' = generate a UUID), spec, payload (JSON text), priority (in
 Keys: job, seq, specs, pending:<spec> or (idle:<spec>, runner, leases, pod inbox/bell), stats, events
 Reply: the job id (plain string). Errors on invalid input, changing nothing.
 Invariant: the job is either in its spec's pending set or claimed by exactly one idle runner on a
-live pod, decided in this one call.
+live pod, decided in this one call. Idempotent for a given id: the same id with the same spec,
+payload, priority, timeout and max_attempts returns the existing job and changes nothing (a
+producer may retry a submit whose reply it lost); other content under that id is an error.
 ]]
 local function submit(keys, args)
   local ns, id, spec, payload = args[1], args[2], args[3], args[4]
@@ -373,13 +375,26 @@ local function submit(keys, args)
   if not max_attempts or max_attempts < 1 or max_attempts > 100 or max_attempts ~= math.floor(max_attempts) then
     return fail('invalid max_attempts: must be an integer from 1 to 100')
   end
+  local priority_text = string.format('%d', priority)
+  if id and id ~= '' then
+    if not string.match(id, UUID_PATTERN) then return fail('invalid job id: must be a UUID') end
+    -- idempotent: the same submission again (a producer retrying after a lost reply) returns
+    -- the job it created; other content under that id is refused
+    local have = redis.call('HMGET', job_key(ns, id), 'spec', 'payload', 'priority', 'timeout',
+                            'max_attempts')
+    if have[1] then
+      if have[1] == spec and have[2] == payload and have[3] == priority_text
+         and have[4] == tostring(timeout) and have[5] == tostring(max_attempts) then
+        return id
+      end
+      return fail('job ' .. id .. ' already exists with different content')
+    end
+  end
   local now = now_ms()
   local seq = redis.call('INCR', key(ns, 'seq'))
   if not id or id == '' then id = new_job_id(ns, seq, now) end
-  if not string.match(id, UUID_PATTERN) then return fail('invalid job id: must be a UUID') end
   local jk = job_key(ns, id)
-  if redis.call('EXISTS', jk) == 1 then return fail('job ' .. id .. ' already exists') end
-  redis.call('HSET', jk, 'id', id, 'spec', spec, 'payload', payload, 'priority', string.format('%d', priority),
+  redis.call('HSET', jk, 'id', id, 'spec', spec, 'payload', payload, 'priority', priority_text,
              'timeout', tostring(timeout), 'max_attempts', tostring(max_attempts), 'attempt', '0',
              'status', 'pending', 'runner', '', 'created', tostring(now),
              'qmember', string.format('%016d', seq) .. ':' .. id, 'lost_starts', '0', 'runs', '0')
