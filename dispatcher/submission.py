@@ -3,6 +3,12 @@
 The `submit` function in the Lua library checks the same rules and stays the authority (producers in
 other languages call it directly); checking here too gives Python callers a ``ValueError`` or
 ``TypeError`` that names the argument, and a job id generated client-side.
+
+The dispatcher itself never looks inside a payload (any JSON value travels to the runner as is).
+``check_runner_payload`` adds the reference runner's conventions (exactly one of ``command`` or
+``script``, and the optional ``env``, ``cwd``, ``outputs``) for callers that ask for them: the
+``dispatcher submit`` command always (unless ``--any-payload``), the clients with
+``check_payload=True``. A payload refused here would only fail at the runner.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from dispatcher import functions
@@ -58,16 +65,65 @@ def job_request(
     priority: int = 0,
     timeout: float | None = None,
     max_attempts: int = 1,
+    check_payload: bool = False,
+    job_id: str | None = None,
 ) -> JobRequest:
-    """Validate a submission (``payload=None`` means ``{}``); raise ValueError/TypeError."""
-    return JobRequest(
-        job_id=str(uuid.uuid4()),
+    """Validate a submission (``payload=None`` means ``{}``); raise ValueError/TypeError.
+
+    ``check_payload``: also refuse a payload the reference runner could not run
+    (``check_runner_payload``). ``job_id``: the producer's own id (a UUID), else a new one.
+    """
+    payload = {} if payload is None else payload
+    request = JobRequest(
+        job_id=str(uuid.uuid4()) if job_id is None else check_new_job_id(job_id),
         spec=check_spec(spec),
-        payload=encode_payload({} if payload is None else payload),
+        payload=encode_payload(payload),
         priority=_check_int("priority", priority, -MAX_PRIORITY, MAX_PRIORITY),
         timeout=check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout),
         max_attempts=_check_int("max_attempts", max_attempts, 1, MAX_ATTEMPTS),
     )
+    if check_payload:
+        check_runner_payload(payload)
+    return request
+
+
+def check_runner_payload(payload: Any) -> None:
+    """Raise ``ValueError`` unless ``payload`` follows the reference runner's conventions.
+
+    An object with exactly one of ``command`` (a non-empty list of strings, run as argv) and
+    ``script`` (a string, run by ``/bin/sh -c``); optional ``env`` (an object of strings), ``cwd``
+    and ``outputs`` (a relative path and a list of them, no ``..``). The same rules as
+    ``runner.executor.parse_payload`` (a test keeps the two in step).
+    """
+    if not isinstance(payload, dict):
+        raise ValueError("payload must be a JSON object with 'command' or 'script'")
+    command, script = payload.get("command"), payload.get("script")
+    if command is not None and script is not None:
+        raise ValueError("payload has both 'command' and 'script'; give one")
+    if command is not None:
+        if not _is_str_list(command) or not command:
+            raise ValueError("payload 'command' must be a non-empty list of strings")
+    elif not isinstance(script, str):
+        raise ValueError(
+            "payload has neither 'command' (a list of strings) nor 'script' (a string)"
+        )
+    env = payload.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise ValueError("payload 'env' must be an object of strings")
+    cwd = payload.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise ValueError("payload 'cwd' must be a string")
+    outputs = payload.get("outputs") or []
+    if not _is_str_list(outputs):
+        raise ValueError("payload 'outputs' must be a list of strings")
+    for path in [*([cwd] if cwd else []), *outputs]:
+        pure = PurePosixPath(path)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise ValueError(f"payload path {path!r} must be relative, without '..'")
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def check_spec(spec: Any) -> str:
@@ -107,6 +163,24 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be from {low} to {high}, not {value}")
     return value
+
+
+def is_job_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a whole job id (not a prefix)."""
+    return len(text) == 36 and JOB_ID_RE.match(text) is not None
+
+
+def check_new_job_id(job_id: Any) -> str:
+    """A producer-chosen id for a new job: a UUID in its 36-character form (ValueError else)."""
+    if not isinstance(job_id, str):
+        raise TypeError(f"job id must be a string, not {type(job_id).__name__}")
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        raise ValueError(f"invalid job id {job_id!r}: must be a UUID") from None
+    if len(job_id) != 36 or not JOB_ID_RE.match(job_id):
+        raise ValueError(f"invalid job id {job_id!r}: must be a UUID in its 36-character form")
+    return job_id.lower()
 
 
 def check_job_id(job_id: Any) -> str:
