@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from dispatcher import __version__, cli_jobs, cli_runners, up
+from dispatcher import __version__, cli_jobs, cli_runners, preflight, up
 from dispatcher.cli_common import SubParsers
 from dispatcher.errors import DispatchError
 from dispatcher.settings import Settings
@@ -31,6 +31,7 @@ def register_serve(subparsers: SubParsers, common: argparse.ArgumentParser) -> N
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    preflight.require_redis(settings.redis_url)  # one line, not the app's start-up traceback
     # imported here so producer commands start without the server's dependencies
     server = importlib.import_module("dispatcher.server")
     result = server.serve(settings, args.host, args.port)

