@@ -251,7 +251,20 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
     """Record (fenced; the same call puts the outcome in the results outbox), then acknowledge
     (rule 4): the result is durable once that one call returns."""
     assert isinstance(message, messages.Completed | messages.Failed | messages.Canceled)
-    reply = await functions.run(pod.redis, finish_call(pod, sock, message))
+    call = finish_call(pod, sock, message)
+    if pod.durability.waits:  # DISPATCHER_ACK_DURABILITY: replicas or AOF before the ack
+        timeout_ms = int(pod.settings.ack_wait_timeout * 1000)
+        reply, waited = await functions.run_then(
+            pod.redis, call, pod.durability.command(timeout_ms)
+        )
+        if not pod.durability.satisfied(waited):
+            log.warning("result of %s not durable in time (%r): no ack", message.job, waited)
+            if reply["result"] == "recorded":
+                pod.wake_pump()
+            await sock.close(CLOSE_INTERNAL, "result not yet durable; resend it")
+            return
+    else:
+        reply = await functions.run(pod.redis, call)
     if reply["result"] == "recorded":
         pod.wake_pump()
     if sock.session.holds(message.job, message.attempt):

@@ -86,6 +86,11 @@ def runner_revoke(keys: Keys, name: str) -> Call[int]:
     return Call(_fn("runner_revoke"), (keys.namespace, name), _int)
 
 
+def runner_rotate(keys: Keys, name: str, token_hash: str) -> Call[bool]:
+    """Replace a runner's token hash; True when a live connection was told to close (4001)."""
+    return Call(_fn("runner_rotate"), (keys.namespace, name, token_hash), lambda r: bool(int(r)))
+
+
 # -- results path ---------------------------------------------------------------------------------
 
 
@@ -230,6 +235,28 @@ def run_sync(client: redis.Redis, call: Call[T]) -> T:
     except redis.ResponseError as exc:
         raise _translate(exc) from None
     return call.parse(reply)
+
+
+async def run_then(
+    client: redis.asyncio.Redis, call: Call[T], command: tuple[str | int, ...]
+) -> tuple[T, Any]:
+    """Run ``call`` and then ``command`` on the same connection (a pipeline): for WAIT/WAITAOF,
+    which count the writes of their own connection. The command's error is returned, not
+    raised."""
+    for attempt in (1, 2):
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.fcall(call.name, 0, *call.args)
+            pipe.execute_command(*command)
+            reply, after = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, redis.ResponseError):
+            if attempt == 1 and _missing_function(reply):
+                await load_library(client)
+                continue
+            raise _translate(reply) from None
+        if isinstance(reply, Exception):
+            raise reply
+        return call.parse(reply), after
+    raise AssertionError("unreachable")
 
 
 async def run(client: redis.asyncio.Redis, call: Call[T]) -> T:

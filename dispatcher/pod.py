@@ -22,6 +22,7 @@ import redis.asyncio
 
 from dispatcher import functions, messages, redisconn
 from dispatcher.doorbell import PROBE, Doorbell
+from dispatcher.durability import Durability
 from dispatcher.keys import Keys
 from dispatcher.longpoll import LongPoll
 from dispatcher.records import rfc3339
@@ -71,6 +72,7 @@ class Pod(LongPoll):
         )
         self._sync_redis = redisconn.sync_client(settings.redis_url)  # the pump's (rq is sync)
         self._pump_config = PumpConfig.from_settings(settings)
+        self.durability = Durability.parse(settings.ack_durability)
         self._pump_wanted = asyncio.Event()
         self.sockets: dict[str, RunnerSocket] = {}
         self.doorbell = Doorbell(
@@ -97,6 +99,7 @@ class Pod(LongPoll):
     async def start(self) -> None:
         """Load the library, publish the timeouts the scripts use, join the pod set."""
         await functions.load_library(self.redis)
+        await self.durability.check(self.redis)
         cfg: dict[str | bytes, float] = {
             "start_timeout": self.settings.start_timeout,
             "lease_timeout": self.settings.lease_timeout,

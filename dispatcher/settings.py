@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from dispatcher.durability import Durability
 from dispatcher.errors import ConfigError
 from dispatcher.forwarded import Network, parse_trusted
 
@@ -48,6 +49,8 @@ class Settings:
     webhook_secret: str = ""
     webhook_timeout: float = 5.0
     sink_retry: str = "1,5,30,120,300"
+    ack_durability: str = "memory"
+    ack_wait_timeout: float = 2.0
 
     # -- the handshake (docs/security.md)
     handshake_timeout: float = 10.0
@@ -99,6 +102,9 @@ class Settings:
                 f"DISPATCHER_SINKS: unknown sink {sorted(unknown)[0]!r} (known: {', '.join(SINKS)})"
             )
         self.sink_retry_intervals  # noqa: B018 (validates)
+        Durability.parse(self.ack_durability)
+        if self.ack_wait_timeout <= 0:
+            raise ConfigError("ack_wait_timeout must be > 0")
 
     @property
     def sink_names(self) -> list[str]:
