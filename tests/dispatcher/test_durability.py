@@ -84,7 +84,7 @@ async def test_no_replica_no_ack_the_runner_is_told_to_resend(
 
 
 @pytest.fixture
-def replica(redis_url: str) -> Iterator[None]:
+def replica(redis_url: str, tmp_path) -> Iterator[None]:
     """A real replica of the test Redis for the duration of a test (needs redis-server)."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -94,6 +94,7 @@ def replica(redis_url: str) -> Iterator[None]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", str(tmp_path)]  # the full sync's RDB lands there, not in the checkout
     args += ["--replicaof", primary.hostname or "127.0.0.1", str(primary.port or 6379)]
     proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
     try:
