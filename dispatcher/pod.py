@@ -26,7 +26,7 @@ from dispatcher.durability import Durability
 from dispatcher.keys import Keys
 from dispatcher.longpoll import LongPoll
 from dispatcher.records import rfc3339
-from dispatcher.results import PumpConfig, pump_once
+from dispatcher.results import PumpConfig, PumpLoop
 from dispatcher.session import Event, State
 from dispatcher.settings import Settings
 from dispatcher.sockets import RunnerSocket
@@ -41,8 +41,6 @@ PROBE_EVERY_TICKS = 10  # a doorbell probe every 10 reconcile intervals (10 s by
 IN_FLIGHT = frozenset({"claimed", "running"})
 REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
 REDIS_POOL_TIMEOUT = 10.0  # s a command may wait for a free connection before it fails
-PUMP_GATHER = 0.01  # s the pump waits after being woken, so one pump carries many results
-PUMP_RETRY = 0.05  # s between pumps while due entries wait (rq queue full, or a full take)
 
 
 def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
@@ -71,9 +69,10 @@ class Pod(LongPoll):
             redisconn.async_pool(settings.redis_url, REDIS_POOL_SIZE, REDIS_POOL_TIMEOUT)
         )
         self._sync_redis = redisconn.sync_client(settings.redis_url)  # the pump's (rq is sync)
-        self._pump_config = PumpConfig.from_settings(settings)
+        self.pump = PumpLoop(
+            self._sync_redis, self.keys, PumpConfig.from_settings(settings), lambda: self._stopped
+        )
         self.durability = Durability.parse(settings.ack_durability)
-        self._pump_wanted = asyncio.Event()
         self.sockets: dict[str, RunnerSocket] = {}
         self.doorbell = Doorbell(
             settings,
@@ -112,7 +111,7 @@ class Pod(LongPoll):
             self._doorbell_task = asyncio.create_task(self.doorbell.run(), name="doorbell")
             self._tasks.append(self._doorbell_task)
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
-        self._tasks.append(asyncio.create_task(self._pump_loop(), name="pump"))
+        self._tasks.append(asyncio.create_task(self.pump.run(), name="pump"))
 
     async def close_sockets(self) -> None:
         """Refuse new channels and close every open one with 1001; jobs keep their leases."""
@@ -348,29 +347,4 @@ class Pod(LongPoll):
 
     def wake_pump(self) -> None:
         """A result was recorded, or the tick saw due outbox entries: pump soon."""
-        self._pump_wanted.set()
-
-    async def _pump_loop(self) -> None:
-        """Move outbox entries into rq batches whenever woken; keep going while some are due.
-
-        Off the socket path: runners are acknowledged as soon as their outcome is recorded. The
-        short gather delay lets one pump carry the results of a burst; the thread hop is because
-        rq is synchronous.
-        """
-        while not self._stopped:
-            await self._pump_wanted.wait()
-            await asyncio.sleep(PUMP_GATHER)
-            self._pump_wanted.clear()
-            try:
-                result = await asyncio.to_thread(
-                    pump_once, self._sync_redis, self.keys, self._pump_config
-                )
-            except redis.RedisError as exc:  # entries stay due: the next tick wakes us again
-                log.warning("results pump failed: %s", exc)
-                continue
-            except Exception:  # never let the pump die: results would wait for a restart
-                log.exception("results pump failed")
-                continue
-            if result.more:
-                await asyncio.sleep(PUMP_RETRY)
-                self._pump_wanted.set()
+        self.pump.wake()

@@ -12,7 +12,10 @@ compare-and-set, so an entry handed out twice is recorded once in effect.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -21,6 +24,8 @@ from rq import Queue, Retry
 from dispatcher import functions
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RESULTS_TASK = "worker_bridge.tasks.process_batch"
 SINK_TASK = "worker_bridge.tasks.sink_batch"
@@ -128,3 +133,44 @@ def pump_once(connection: redis.Redis, keys: Keys, config: PumpConfig) -> PumpRe
         batches=count,
         more=bool(reply.get("more")),
     )
+
+
+class PumpLoop:
+    """A pod's pump: runs ``pump_once`` whenever woken, and again soon while entries are due.
+
+    Off the socket path (runners are acknowledged as soon as their outcome is recorded). Woken
+    after each recorded result and by the pod's tick when the outbox has due entries; a short
+    gather delay lets one pump carry a burst of results. rq is synchronous, hence the thread.
+    """
+
+    GATHER = 0.01  # s between a wake-up and the pump
+    RETRY = 0.05  # s between pumps while due entries wait (queues full, or a full take)
+
+    def __init__(
+        self, connection: redis.Redis, keys: Keys, config: PumpConfig, stopped: Callable[[], bool]
+    ) -> None:
+        self._connection, self._keys, self._config = connection, keys, config
+        self._stopped = stopped
+        self._wanted = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wanted.set()
+
+    async def run(self) -> None:
+        while not self._stopped():
+            await self._wanted.wait()
+            await asyncio.sleep(self.GATHER)
+            self._wanted.clear()
+            try:
+                result = await asyncio.to_thread(
+                    pump_once, self._connection, self._keys, self._config
+                )
+            except redis.RedisError as exc:  # entries stay due: the next tick wakes us again
+                log.warning("results pump failed: %s", exc)
+                continue
+            except Exception:  # never let the pump die: results would wait for a restart
+                log.exception("results pump failed")
+                continue
+            if result.more:
+                await asyncio.sleep(self.RETRY)
+                self._wanted.set()
