@@ -194,6 +194,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         else:
             adopt(ticket)
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn has logged it at WARNING already (dispatcher.logredact drops that line)
+        self._refuse(400, "invalid HTTP request")
+
     def _unsupported_upgrade_warning(self) -> None:
         # uvicorn warns once per request; a stranger could fill the log with it
         self.gate.refused(self.loop, self.client, 400, "unsupported upgrade (served as plain HTTP)")

@@ -1,9 +1,13 @@
-"""Keep query strings out of the logs: a runner token put in a URL must not land in a log file.
+"""What strangers can put into the pod's log: no query strings, no line per bad request.
 
 uvicorn writes the request path *with* its query string into the access log and into its
-WebSocket lines ("WebSocket /v1/runners/x/channel?token=..." 401). ``QueryStringFilter`` cuts
-every path-like argument of a log record at its ``?``. The pod has no endpoint that reads a query
-string, so nothing of use is lost.
+WebSocket lines ("WebSocket /v1/runners/x/channel?token=..." 401): a runner token put in a URL
+would land in a log file. ``QueryStringFilter`` cuts every path-like argument of a log record at
+its ``?``; the pod has no endpoint that reads a query string, so nothing of use is lost.
+
+uvicorn also logs a WARNING for every request it cannot parse; anyone can send those, so that
+line is dropped here and the refusal is logged by the guard instead (``dispatcher.guard``: INFO,
+one summary line per interval during a flood).
 """
 
 from __future__ import annotations
@@ -22,10 +26,16 @@ def strip_query(text: str) -> str:
     return _PATH_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
 
 
+# uvicorn's per-request lines that any stranger can cause; the guard logs these refusals itself
+STRANGER_NOISE = frozenset({"Invalid HTTP request received."})
+
+
 class QueryStringFilter(logging.Filter):
-    """Redacts the query string of every path in a record's arguments (never drops a record)."""
+    """Redacts the query string of every path in a record's arguments; drops STRANGER_NOISE."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in STRANGER_NOISE:
+            return False
         if isinstance(record.args, tuple):
             record.args = tuple(
                 strip_query(arg) if isinstance(arg, str) else arg for arg in record.args

@@ -89,8 +89,10 @@ class FrameMaker:
         ]
 
     def frame(self) -> Frame:
-        makers, weights = zip(*self.kinds, strict=True)
-        return self.rng.choices(makers, weights)[0]()
+        makers = [maker for maker, _ in self.kinds]
+        weights = [weight for _, weight in self.kinds]
+        maker: Callable[[], Frame] = self.rng.choices(makers, weights)[0]
+        return maker()
 
     # -- values -----------------------------------------------------------------------------
 

@@ -250,3 +250,70 @@ async def test_a_token_in_the_query_string_never_reaches_the_log(pod, settings):
     messages = logs.at_least(logging.DEBUG)
     assert any("/v1/runners/r1/channel?<query removed>" in m for m in messages), messages
     assert not [m for m in messages if token in m]
+
+
+# -- good runners during a flood --------------------------------------------------------------
+
+
+async def flood(port: int, stop: asyncio.Event, tally: dict[int, int]) -> None:
+    """Bad handshakes of every kind, one after another, until ``stop``."""
+    attacker = ("X-Forwarded-For", "198.51.100.7")
+    kinds = [
+        upgrade_head("r1", "wrong", extra=[attacker]),
+        upgrade_head("ghost", "wrong", extra=[attacker]),
+        upgrade_head(extra=[attacker, ("X-Long", "y" * 9000)]),
+        upgrade_head(extra=[attacker, *((f"X-H{i}", "v") for i in range(100))]),
+        upgrade_head(end=False),  # held: answered 408 at the deadline
+        b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
+    ]
+    i = 0
+    while not stop.is_set():
+        answer = await exchange(port, kinds[i % len(kinds)], timeout=ANSWER_BOUND)
+        status = answer.status if answer.data.startswith(b"HTTP/1.1 ") else 0
+        tally[status] = tally.get(status, 0) + 1
+        i += 1
+
+
+async def test_good_runners_keep_getting_jobs_during_a_flood_of_bad_handshakes(
+    launch, settings, rclient, keys
+):
+    """Connected runners keep taking jobs, and a new runner still connects, while 40 clients
+    send bad handshakes non-stop (from behind a trusted proxy, so the attacker has its own
+    address and the runners theirs)."""
+    pod = await launch(
+        dataclasses.replace(
+            settings, handshake_timeout=0.5, auth_fail_rate=5, trusted_proxies="127.0.0.1"
+        )
+    )
+    tokens = {f"good{i}": add_runner(settings, f"good{i}", [SPEC]) for i in range(3)}
+    runners = [await connect(pod, name, token) for name, token in list(tokens.items())[:2]]
+    stop = asyncio.Event()
+    tally: dict[int, int] = {}
+    flooders = [asyncio.create_task(flood(pod.port, stop, tally)) for _ in range(40)]
+    try:
+        await eventually(lambda: sum(tally.values()) >= 200, timeout=30, what="flood under way")
+        for _ in range(5):
+            for runner in runners:
+                job_id = submit(rclient, keys)
+                job = await take_job(runner, timeout=10)
+                assert job["job"] == job_id
+                await runner.send("completed", job=job_id, attempt=1, exit_code=0, results=None)
+                assert (await runner.expect("ack", timeout=10))["job"] == job_id
+        ws = await websockets.connect(
+            pod.ws_url("good2"),
+            additional_headers={
+                "Authorization": f"Bearer {tokens['good2']}",
+                "X-Forwarded-For": "192.0.2.50",
+            },
+            open_timeout=10,
+        )
+        newcomer = RawRunner(ws, "good2")
+        job_id = submit(rclient, keys)
+        assert (await take_job(newcomer, timeout=10))["job"] == job_id
+        runners.append(newcomer)
+    finally:
+        stop.set()
+        await asyncio.gather(*flooders)
+        for runner in runners:
+            await runner.close()
+    assert {400, 401, 408, 429, 431} <= set(tally), tally
