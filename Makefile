@@ -1,6 +1,8 @@
 # Two commands on a fresh machine (Python 3.11+ and make):
 #   make demo   set everything up, then run the whole system with sample jobs (dispatcher up --demo)
 #   make test   set everything up, then lint, type-check and run the whole test suite
+# ARGS passes flags through to `dispatcher up` (see `.venv/bin/dispatcher up --help`):
+#   make demo ARGS="--port 8001"     make up ARGS="--runners 2 --spec linux"
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,11 +17,12 @@ $(BIN)/dispatcher: pyproject.toml
 
 setup: $(BIN)/dispatcher
 
+ARGS ?=
 demo: setup
-	$(BIN)/dispatcher up --demo
+	$(BIN)/dispatcher up --demo $(ARGS)
 
 up: setup
-	$(BIN)/dispatcher up
+	$(BIN)/dispatcher up $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -198,7 +198,7 @@ class Supervisor:
                     waited = child.plan.steps[step][1]
                     if step + 1 < len(child.plan.steps) and not self._hurry.is_set():
                         sig, wait = child.plan.steps[step + 1]
-                        self.say(f"{child.label} did not stop in {waited:.0f}s; sending {sig.name}")
+                        self.say(f"{child.label} did not stop in {waited:g}s; sending {sig.name}")
                         child.signal(sig)
                         pending[key] = (child, step + 1, now + wait)
                     else:
@@ -213,7 +213,7 @@ class Supervisor:
         groups = proctree.descendant_groups(child.pid) if child.plan.descendants else set()
         what = " and the process groups of its jobs" if groups else ""
         if not self._hurry.is_set():
-            self.say(f"{child.label} did not stop in {waited:.0f}s; killing it{what}")
+            self.say(f"{child.label} did not stop in {waited:g}s; killing it{what}")
         proctree.kill_groups({child.pid, *groups})  # its own session: its pid is its group
         assert child.proc is not None
         try:

