@@ -1,4 +1,4 @@
-"""Runner registry for operators (CLI and tests): add, list and revoke runners. Synchronous."""
+"""Runner registry for operators (CLI and tests): add, list, rotate, revoke runners. Synchronous."""
 
 from __future__ import annotations
 
@@ -40,3 +40,15 @@ def revoke_runner(client: redis.Redis, keys: Keys, name: str) -> None:
     Raises ``NotFound`` (a ``KeyError``) when there is no such runner.
     """
     functions.run_sync(client, functions.runner_revoke(keys, name))
+
+
+def rotate_runner(client: redis.Redis, keys: Keys, name: str) -> tuple[str, bool]:
+    """Give runner ``name`` a new token at once; return it (shown once, Redis keeps its hash) and
+    whether a live connection was told to close (with 4001). The old token is refused from now
+    on; the runner's specs and a job in flight stay.
+
+    Raises ``NotFound`` (a ``KeyError``) when there is no such runner.
+    """
+    token = new_token()
+    closed = functions.run_sync(client, functions.runner_rotate(keys, name, token_hash(token)))
+    return token, closed

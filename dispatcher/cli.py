@@ -12,11 +12,12 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import redis
 
 from dispatcher import __version__, cli_jobs, cli_runners, preflight, up
-from dispatcher.cli_common import SubParsers
+from dispatcher.cli_common import Parser, SubParsers, epilog
 from dispatcher.errors import DispatchError
 from dispatcher.settings import Settings
 
@@ -24,7 +25,17 @@ Register = Callable[[SubParsers, argparse.ArgumentParser], None]
 
 
 def register_serve(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("serve", parents=[common], help="run one dispatcher pod")
+    parser = subparsers.add_parser(
+        "serve",
+        parents=[common],
+        help="run one dispatcher pod",
+        description="Run one dispatcher pod: runners connect to it over WebSocket; run as many "
+        "as you like behind a load balancer.",
+        epilog=epilog(
+            "  dispatcher serve\n  dispatcher serve --host 0.0.0.0 --port 8000",
+            environment="  every DISPATCHER_* setting: the table in README.md (Settings)",
+        ),
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
     parser.set_defaults(handler=serve)
@@ -50,15 +61,25 @@ COMMANDS: tuple[Register, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dispatcher", description="Redis job dispatcher for self-hosted CI runners."
+    parser = Parser(
+        prog="dispatcher",
+        description="Redis job dispatcher for self-hosted CI runners.",
+        epilog=epilog(
+            "  dispatcher up --demo                     everything on this machine, sample jobs\n"
+            "  dispatcher submit --spec local --wait -- echo hello\n"
+            "  dispatcher jobs --status failed\n"
+            "  dispatcher COMMAND --help                 that command's options and examples",
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_options(parser, default=None)
     # the same options after the subcommand; SUPPRESS keeps them from resetting earlier values
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, default=argparse.SUPPRESS)
-    subparsers = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+    # (the subcommands' parsers are Parsers too: one-line usage errors, examples as written)
+    subparsers = cast(
+        SubParsers, parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+    )
     for register in COMMANDS:
         register(subparsers, common)
     return parser

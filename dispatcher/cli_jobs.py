@@ -1,16 +1,79 @@
-"""`dispatcher submit | cancel | job | status`: the producer's and the operator's view of jobs."""
+"""`dispatcher submit | cancel | job | jobs | status`: the producer's and the operator's view of
+jobs.
+
+Wherever a job id is taken, a unique prefix of it is enough (``Client.resolve``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
 from typing import Any
 
-from dispatcher.cli_common import SubParsers, add_json_flag, print_json
-from dispatcher.client import Client
+from dispatcher.cli_common import SubParsers, add_json_flag, epilog, print_json
+from dispatcher.client import Client, EventEntry
 from dispatcher.errors import InvalidInput
+from dispatcher.lookup import MAX_LIMIT, STATUSES
 from dispatcher.settings import Settings
+from dispatcher.submission import check_spec
+
+EXIT_WAIT_TIMEOUT = 124  # as timeout(1): the job goes on, only the waiting stopped
+EXIT_INTERRUPTED = 130
+
+SUBMIT_EXAMPLES = """\
+  dispatcher submit --spec local -- make test             print the id, return at once
+  dispatcher submit --spec local --wait -- sh -c 'exit 3' wait; exit status 1 when it fails
+  dispatcher submit --spec local --wait-timeout 600 --json -- ./ci.sh
+  dispatcher submit --spec local --payload '{"script": "make -j8", "env": {"CI": "1"}}'
+  dispatcher submit --spec gpu --any-payload --payload '{"model": "x"}'  your runner's format"""
+
+SUBMIT_NOTES = """\
+payload (what the reference runner, dispatch-runner, understands):
+  command   argv list, run directly (the words after -- become payload.command)
+  script    shell text, run by /bin/sh -c                      (exactly one of command, script)
+  env       object of strings added to the job's environment
+  cwd       directory relative to the job's fresh work directory
+  outputs   relative paths read back into the job's results
+
+output: the job id first (with --json: {"id": ...}); with --wait, the final record after it (text,
+or one more JSON line). Progress and warnings go to stderr.
+exit status: 0 submitted, or processed when waiting; 1 failed or canceled, or an error;
+124 --wait-timeout passed (the job goes on); 130 interrupted (the job goes on); 2 bad usage."""
+
+JOBS_NOTES = f"""\
+where jobs are found: every pending job (its spec's queue), every claimed or running job (the
+leases), and the final jobs the event stream still names (it keeps about the last 10,000 events,
+a few per job). An older record stays readable with `dispatcher job ID` until its retention ends.
+Statuses: {", ".join(STATUSES)}."""
+
+ID_NOTES = """\
+ID may be any unique prefix of a job id (as the demo's log shows them); an ambiguous prefix is
+refused with the matching ids."""
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds > 0")
+    return value
+
+
+def _limit(text: str) -> int:
+    """argparse type: a whole number from 1 to MAX_LIMIT."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (1..{MAX_LIMIT})")
+    return value
 
 
 def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
@@ -19,6 +82,9 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="submit a job",
         usage="%(prog)s --spec S [options] [-- CMD ARG...]",
+        description="Submit a job for runners of spec S. Its payload is --payload (JSON), with "
+        "CMD ARG... (after --) as payload.command.",
+        epilog=epilog(SUBMIT_EXAMPLES, notes=SUBMIT_NOTES),
     )
     submit.add_argument("--spec", required=True, help="runner spec the job needs")
     submit.add_argument("--priority", type=int, default=0, help="larger runs first (default 0)")
@@ -30,26 +96,80 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         help="attempts allowed when a runner is lost (default 1)",
     )
     submit.add_argument("--payload", help="the job's JSON payload (an object when CMD is given)")
+    submit.add_argument(
+        "--any-payload",
+        action="store_true",
+        help="send a payload the reference runner would refuse (for runners of your own)",
+    )
     add_json_flag(submit)
     submit.add_argument(
         "--wait", action="store_true", help="wait for a final state and print the job record"
+    )
+    submit.add_argument(
+        "--wait-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop waiting after this long (implies --wait; exit status 124, the job goes on)",
     )
     submit.add_argument(
         "command", nargs="*", metavar="CMD", help="command and arguments, stored as payload.command"
     )
     submit.set_defaults(handler=submit_job)
 
-    cancel = subparsers.add_parser("cancel", parents=[common], help="cancel a job")
+    cancel = subparsers.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel a job",
+        description="Cancel a job: a pending one leaves its queue, a running one is stopped.",
+        epilog=epilog(
+            "  dispatcher cancel 3c1e0f2a\n  dispatcher cancel 3c1e0f2a --json", notes=ID_NOTES
+        ),
+    )
     cancel.add_argument("job_id", metavar="ID")
     add_json_flag(cancel)
     cancel.set_defaults(handler=cancel_job)
 
-    job = subparsers.add_parser("job", parents=[common], help="show a job record")
+    job = subparsers.add_parser(
+        "job",
+        parents=[common],
+        help="show a job record",
+        description="Show one job's record: status, runner, times, payload, results, output tails.",
+        epilog=epilog(
+            "  dispatcher job 3c1e0f2a\n  dispatcher job 3c1e0f2a --json", notes=ID_NOTES
+        ),
+    )
     job.add_argument("job_id", metavar="ID")
     add_json_flag(job)
     job.set_defaults(handler=show_job)
 
-    status = subparsers.add_parser("status", parents=[common], help="show the namespace's state")
+    jobs = subparsers.add_parser(
+        "jobs",
+        parents=[common],
+        help="list jobs, newest first",
+        description="List jobs, newest submission first, filtered by status, spec and runner.",
+        epilog=epilog(
+            "  dispatcher jobs\n"
+            "  dispatcher jobs --status failed --limit 5\n"
+            "  dispatcher jobs --spec local --runner local-1 --json",
+            notes=JOBS_NOTES,
+        ),
+    )
+    jobs.add_argument("--status", choices=STATUSES, help="only jobs in this status now")
+    jobs.add_argument("--spec", help="only jobs of this spec")
+    jobs.add_argument("--runner", help="only jobs whose current or last attempt ran there")
+    jobs.add_argument(
+        "--limit", type=_limit, default=20, metavar="N", help=f"at most N (1..{MAX_LIMIT}; 20)"
+    )
+    add_json_flag(jobs)
+    jobs.set_defaults(handler=list_jobs)
+
+    status = subparsers.add_parser(
+        "status",
+        parents=[common],
+        help="show the namespace's state",
+        description="Pods, runners, jobs in flight, queues per spec, counters, results queue.",
+        epilog=epilog("  dispatcher status\n  dispatcher status --json"),
+    )
     add_json_flag(status)
     status.set_defaults(handler=show_status)
 
@@ -73,23 +193,48 @@ def build_payload(payload_json: str | None, command: list[str]) -> Any:
 
 def submit_job(args: argparse.Namespace, settings: Settings) -> int:
     payload = build_payload(args.payload, args.command)
+    wait = args.wait or args.wait_timeout is not None
     with Client(settings) as client:
-        job_id = client.submit(
-            args.spec,
-            payload,
-            priority=args.priority,
-            timeout=args.timeout,
-            max_attempts=args.max_attempts,
-        )
-        if not args.wait:
-            print_json({"id": job_id}) if args.json else print(job_id)
+        # read first: a Redis that does not answer is one line at once (the submit itself retries
+        # connection errors for a while, so that a Redis restart loses no submission)
+        runners = client.runners()
+        since = client.last_event_id() if wait else "$"  # progress: every event of the job
+        try:
+            job_id = client.submit(
+                args.spec,
+                payload,
+                priority=args.priority,
+                timeout=args.timeout,
+                max_attempts=args.max_attempts,
+                check_payload=not args.any_payload,
+            )
+        except ValueError as exc:
+            if args.payload is None and not args.command and "payload" in str(exc):
+                raise InvalidInput(
+                    f"{exc}: give the command after --, or --payload '{{\"script\": ...}}'"
+                ) from None
+            raise
+        print_json({"id": job_id}) if args.json else print(job_id)
+        sys.stdout.flush()  # the id is out before any wait, whatever happens next
+        warn_if_unserved(runners, args.spec)
+        if not wait:
             return 0
         try:
-            record = client.wait(job_id)
+            record = client.wait(
+                job_id, args.wait_timeout, progress=lambda e: report(job_id, e), since=since
+            )
+        except TimeoutError:
+            current = client.get(job_id)["status"]
+            print(
+                f"dispatcher: stopped waiting after {args.wait_timeout:g} s; job {job_id} is "
+                f"{current} and goes on (dispatcher job {job_id[:8]})",
+                file=sys.stderr,
+            )
+            return EXIT_WAIT_TIMEOUT
         except KeyboardInterrupt:
             print(f"dispatcher: stopped waiting; job {job_id} goes on", file=sys.stderr)
-            raise
-    print_json(record)
+            return EXIT_INTERRUPTED
+    print_json(record) if args.json else print(job_summary(record))
     if record["status"] == "processed":
         return 0
     # a CI caller can chain on the exit status: anything but success is non-zero
@@ -100,27 +245,113 @@ def submit_job(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def warn_if_unserved(runners: list[dict[str, Any]], spec: str) -> None:
+    """One stderr line when no registered runner serves ``spec`` (the job would wait forever),
+    naming the specs that have runners; a shorter one when its runners are all offline."""
+    serving = [r for r in runners if spec in r["specs"]]
+    if not serving:
+        served = sorted({s for r in runners for s in r["specs"]})
+        where = f"runners serve: {', '.join(served)}" if served else "there are no runners at all"
+        print(
+            f"dispatcher: warning: no runner is registered for spec {spec!r}; the job waits "
+            f"until one is ({where})",
+            file=sys.stderr,
+        )
+    elif all(r["state"] == "offline" for r in serving):
+        names = ", ".join(r["name"] for r in serving)
+        print(
+            f"dispatcher: note: the runners of spec {spec!r} are offline now ({names})",
+            file=sys.stderr,
+        )
+
+
+PROGRESS: dict[str, str] = {
+    "claimed": "claimed by {runner} (attempt {attempt})",
+    "running": "running on {runner}",
+    "start_expired": "not started by {runner} in time; queued again",
+    "lease_expired": "lost its runner {runner} (lease expired)",
+    "released": "back in the queue ({runner} did not ask again)",
+    "completed": "completed; a result writer records it",
+    "failed": "failed: {error}",
+    "canceled": "canceled ({error})",
+    "processed": "processed",
+}
+
+
+def report(job_id: str, event: EventEntry) -> None:
+    """One stderr line per status change of the job being waited for."""
+    template = PROGRESS.get(event.get("event", ""))
+    if template is None:
+        return  # submitted (the id is printed already), recorded, ...
+    fields = {"runner": "?", "attempt": "?", "error": "", **event}
+    stamp = time.strftime("%H:%M:%S", time.localtime(int(event.get("ts") or 0) / 1000))
+    print(f"dispatcher: {stamp} job {job_id[:8]} {template.format(**fields)}", file=sys.stderr)
+
+
 def cancel_job(args: argparse.Namespace, settings: Settings) -> int:
     with Client(settings) as client:
-        canceled = client.cancel(args.job_id)
-        status = "canceled" if canceled else client.get(args.job_id)["status"]
+        job_id = client.resolve(args.job_id)
+        canceled = client.cancel(job_id)
+        status = "canceled" if canceled else client.get(job_id)["status"]
     if args.json:
-        print_json({"id": args.job_id, "canceled": canceled, "status": status})
+        print_json({"id": job_id, "canceled": canceled, "status": status})
     elif canceled:
-        print(f"canceled {args.job_id}")
+        print(f"canceled {job_id}")
     else:
-        print(f"job {args.job_id} is already {status}")
+        print(f"job {job_id} is already {status}")
     return 0
 
 
 def show_job(args: argparse.Namespace, settings: Settings) -> int:
     with Client(settings) as client:
-        record = client.get(args.job_id)
+        record = client.get(client.resolve(args.job_id))
     if args.json:
         print_json(record)
     else:
         print(job_summary(record))
     return 0
+
+
+def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    if args.spec is not None:
+        check_spec(args.spec)
+    with Client(settings) as client:
+        found = client.jobs(
+            status=args.status, spec=args.spec, runner=args.runner, limit=args.limit
+        )
+    if args.json:
+        print_json(found)
+    elif not found:
+        print("no jobs")
+    else:
+        print(jobs_table(found))
+    return 0
+
+
+def jobs_table(found: list[dict[str, Any]]) -> str:
+    header = ("ID", "STATUS", "SPEC", "RUNNER", "CREATED", "OUTCOME")
+    rows = [header] + [
+        (
+            j["id"],
+            j["status"],
+            j["spec"],
+            j["runner"] or "-",
+            (j["created"] or "-").replace("T", " ")[:19],
+            _outcome(j),
+        )
+        for j in found
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _outcome(job: dict[str, Any]) -> str:
+    if job["error"]:
+        return str(job["error"])[:40]
+    return "" if job["exit_code"] is None else f"exit {job['exit_code']}"
 
 
 def job_summary(record: dict[str, Any]) -> str:

@@ -1,20 +1,45 @@
-"""`dispatcher runner add | list | revoke`: the runner registry."""
+"""`dispatcher runner add | list | rotate | revoke`: the runner registry."""
 
 from __future__ import annotations
 
 import argparse
 
 from dispatcher import admin
-from dispatcher.cli_common import SubParsers, add_json_flag, connect, print_json
+from dispatcher.cli_common import SubParsers, add_json_flag, connect, epilog, print_json
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
 
+TOKEN_NOTE = """\
+The token is shown only this once (Redis keeps its SHA-256). Give it to the runner as
+DISPATCH_RUNNER_TOKEN (dispatch-runner reads it from there)."""
+
 
 def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
-    runner = subparsers.add_parser("runner", parents=[common], help="manage runners")
+    runner = subparsers.add_parser(
+        "runner",
+        parents=[common],
+        help="manage runners",
+        description="Register, list, rotate the token of, and revoke runners.",
+        epilog=epilog(
+            "  dispatcher runner add build-01 --spec linux --spec linux-gpu\n"
+            "  dispatcher runner list\n"
+            "  dispatcher runner rotate build-01\n"
+            "  dispatcher runner revoke build-01"
+        ),
+    )
     actions = runner.add_subparsers(dest="runner_action", metavar="ACTION", required=True)
 
-    add = actions.add_parser("add", parents=[common], help="register a runner, print its token")
+    add = actions.add_parser(
+        "add",
+        parents=[common],
+        help="register a runner, print its token",
+        description="Register runner NAME for one or more specs and print its new token.",
+        epilog=epilog(
+            "  dispatcher runner add build-01 --spec linux\n"
+            "  dispatcher runner add gpu-02 --spec linux --spec linux-gpu --json",
+            notes=TOKEN_NOTE,
+        ),
+    )
     add.add_argument("name", metavar="NAME")
     add.add_argument(
         "--spec",
@@ -26,11 +51,41 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
     add_json_flag(add)
     add.set_defaults(handler=add_runner)
 
-    listing = actions.add_parser("list", parents=[common], help="list runners")
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="list runners",
+        description="Every registered runner: state, specs, pod, job in flight, last seen.",
+        epilog=epilog("  dispatcher runner list\n  dispatcher runner list --json"),
+    )
     add_json_flag(listing)
     listing.set_defaults(handler=list_runners)
 
-    revoke = actions.add_parser("revoke", parents=[common], help="revoke a runner's token")
+    rotate = actions.add_parser(
+        "rotate",
+        parents=[common],
+        help="give a runner a new token (the old one stops working at once)",
+        description="Replace runner NAME's token in one atomic step: the old token is refused "
+        "from now on and a live connection is closed with 4001. Specs and a job in flight stay: "
+        "the runner, restarted with the new token, takes its job up again.",
+        epilog=epilog(
+            "  dispatcher runner rotate build-01\n  dispatcher runner rotate build-01 --json",
+            notes=TOKEN_NOTE,
+        ),
+    )
+    rotate.add_argument("name", metavar="NAME")
+    add_json_flag(rotate)
+    rotate.set_defaults(handler=rotate_runner)
+
+    revoke = actions.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a runner's token",
+        description="Remove runner NAME: its token stops working and a live connection is "
+        "closed with 4001; a job in flight keeps its lease and is re-queued or failed when it "
+        "runs out.",
+        epilog=epilog("  dispatcher runner revoke build-01"),
+    )
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(handler=revoke_runner)
 
@@ -72,6 +127,22 @@ def list_runners(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+    return 0
+
+
+def rotate_runner(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings) as client:
+        token, closed = admin.rotate_runner(client, Keys(settings.namespace), args.name)
+    if args.json:
+        print_json({"name": args.name, "token": token, "closed": closed})
+        return 0
+    print(f"runner {args.name}: new token")
+    print(f"token: {token}")
+    print(
+        "The old token is refused from now on"
+        + ("; its live connection is being closed (4001)." if closed else ".")
+    )
+    print("The token is shown only this once; Redis keeps only its SHA-256.")
     return 0
 
 

@@ -3,7 +3,12 @@
 ``Client`` is synchronous, ``AsyncClient`` its asyncio twin (every method a coroutine). Both call
 the Redis Function library, so they agree with producers in other languages by construction.
 ``wait`` is driven by the done channel (the library publishes a job id when the job becomes
-processed, failed or canceled), with a slow re-check because pub/sub may lose a message.
+processed, failed or canceled), with a slow re-check because pub/sub may lose a message; with a
+``progress`` callback it follows the event stream instead, handing each of the job's events to the
+callback (the same slow re-check covers a stream trimmed under load).
+
+``resolve`` turns a unique id prefix into the whole id, ``jobs`` lists jobs and ``runners`` the
+registered runners; they only read (``dispatcher.lookup``).
 
 The async client takes any number of concurrent calls on a bounded pool: commands queue for one of
 ``max_connections`` connections, and all its waiters share one pub/sub connection.
@@ -13,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,6 +30,7 @@ import redis.asyncio
 from dispatcher import functions
 from dispatcher.errors import NotFound
 from dispatcher.keys import Keys
+from dispatcher.lookup import jobs_plan, resolve_plan, run_plan, run_plan_async, runners_plan
 from dispatcher.records import FINAL_STATUSES, job_record, text
 from dispatcher.settings import Settings
 from dispatcher.status import read_status, read_status_async
@@ -38,6 +45,8 @@ RECHECK_INTERVAL = 5.0
 DEFAULT_MAX_CONNECTIONS = 32
 TIMEOUT_MESSAGE = "timed out waiting for the job to reach a final state"
 EventEntry = dict[str, str]
+Progress = Callable[[EventEntry], None]
+FINAL_EVENTS = frozenset({"processed", "failed", "canceled"})
 
 
 def _client_name(settings: Settings) -> str:
@@ -102,12 +111,15 @@ class Client:
         timeout: float | None = None,
         max_attempts: int = 1,
         job_id: str | None = None,
+        check_payload: bool = False,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
 
         ``job_id`` (a UUID) makes the submit idempotent across processes: the same id and content
         again returns the same job. Without one a UUID is chosen here, so the retries this call
         makes after a connection error (Redis restarting) can never create the job twice.
+        ``check_payload=True`` also refuses a payload the reference runner could not run (one of
+        ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
         """
         request = job_request(
             spec,
@@ -116,6 +128,7 @@ class Client:
             timeout=timeout,
             max_attempts=max_attempts,
             job_id=job_id,
+            check_payload=check_payload,
         )
         for delay in SUBMIT_RETRY_DELAYS:
             try:
@@ -135,15 +148,26 @@ class Client:
         # the cancel function puts the outcome in the results outbox; the pods pump it
         return functions.run_sync(self._redis, functions.cancel(self.keys, job_id))
 
-    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        progress: Progress | None = None,
+        since: str = "0",
+    ) -> dict[str, Any]:
         """The job record once the job is processed, failed or canceled.
 
         Raises ``TimeoutError`` when ``timeout`` seconds pass first, ``KeyError`` for an unknown id.
+        ``progress`` is called with each of the job's events (stream entries after ``since``, as
+        ``events`` yields them) until then.
         """
         job_id = check_job_id(job_id)
         if timeout is not None and timeout <= 0:  # no time to wait: look once
             return _final_or_timeout(self._final_record(job_id))
         deadline = _deadline(timeout)
+        if progress is not None:
+            return self._follow(job_id, deadline, progress, since)
         pubsub = self._subscribe(deadline)
         try:
             while True:
@@ -187,6 +211,29 @@ class Client:
         """A snapshot of the namespace (see ``dispatcher.status``)."""
         return read_status(self._redis, self.keys)
 
+    def resolve(self, job_id: str) -> str:
+        """The whole id of the one job whose id starts with ``job_id`` (a whole id is returned as
+        it is). ``NotFound`` when none does; ``AmbiguousJobId`` (an ``InvalidInput``) naming the
+        matches when several do."""
+        return str(run_plan(self._redis, resolve_plan(self.keys, job_id)))
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        spec: str | None = None,
+        runner: str | None = None,
+        limit: int = 20,
+    ) -> list[dict[str, Any]]:
+        """Job summaries, newest first: every pending and in-flight job, and the final jobs the
+        event stream still names (see ``dispatcher.lookup``)."""
+        plan = jobs_plan(self.keys, status=status, spec=spec, runner=runner, limit=limit)
+        return list(run_plan(self._redis, plan))
+
+    def runners(self) -> list[dict[str, Any]]:
+        """Every registered runner's record (name, specs, state, ...), sorted by name."""
+        return list(run_plan(self._redis, runners_plan(self.keys)))
+
     def close(self) -> None:
         if self._owned:
             self._redis.close()
@@ -209,6 +256,28 @@ class Client:
         if status is None:
             raise NotFound(f"no such job: {job_id}")
         return self.get(job_id) if status in FINAL_STATUSES else None
+
+    def _follow(
+        self, job_id: str, deadline: float | None, progress: Progress, since: str
+    ) -> dict[str, Any]:
+        """``wait`` driven by the event stream: each of the job's events goes to ``progress``."""
+        cursor = since
+        checked = -math.inf
+        while True:
+            if time.monotonic() - checked >= self.recheck_interval:
+                # the record decides (under heavy load the stream may be trimmed past an event)
+                checked = time.monotonic()
+                record = self._final_record(job_id)
+                if record is not None:
+                    return record
+            block = min(self._slice(deadline), self.recheck_interval)
+            reply = self._redis.xread({self.keys.events: cursor}, block=max(1, int(block * 1000)))
+            for event in _stream_entries(reply):
+                cursor = event["id"]
+                if event.get("job") == job_id:
+                    progress(event)
+                    if event.get("event") in FINAL_EVENTS:
+                        checked = -math.inf
 
     def _subscribe(self, deadline: float | None) -> redis.client.PubSub:
         """A subscription to the done channel, returned once Redis has confirmed it."""
@@ -291,12 +360,15 @@ class AsyncClient:
         timeout: float | None = None,
         max_attempts: int = 1,
         job_id: str | None = None,
+        check_payload: bool = False,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
 
         ``job_id`` (a UUID) makes the submit idempotent across processes: the same id and content
         again returns the same job. Without one a UUID is chosen here, so the retries this call
         makes after a connection error (Redis restarting) can never create the job twice.
+        ``check_payload=True`` also refuses a payload the reference runner could not run (one of
+        ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
         """
         request = job_request(
             spec,
@@ -305,6 +377,7 @@ class AsyncClient:
             timeout=timeout,
             max_attempts=max_attempts,
             job_id=job_id,
+            check_payload=check_payload,
         )
         for delay in SUBMIT_RETRY_DELAYS:
             try:
@@ -368,6 +441,26 @@ class AsyncClient:
     async def status(self) -> dict[str, Any]:
         """A snapshot of the namespace (see ``dispatcher.status``)."""
         return await read_status_async(self._redis, self.keys)
+
+    async def resolve(self, job_id: str) -> str:
+        """The whole id of the one job whose id starts with ``job_id`` (see ``Client.resolve``)."""
+        return str(await run_plan_async(self._redis, resolve_plan(self.keys, job_id)))
+
+    async def jobs(
+        self,
+        *,
+        status: str | None = None,
+        spec: str | None = None,
+        runner: str | None = None,
+        limit: int = 20,
+    ) -> list[dict[str, Any]]:
+        """Job summaries, newest first (see ``Client.jobs``)."""
+        plan = jobs_plan(self.keys, status=status, spec=spec, runner=runner, limit=limit)
+        return list(await run_plan_async(self._redis, plan))
+
+    async def runners(self) -> list[dict[str, Any]]:
+        """Every registered runner's record, sorted by name."""
+        return list(await run_plan_async(self._redis, runners_plan(self.keys)))
 
     async def close(self) -> None:
         await self._waiters.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -51,8 +52,36 @@ def _number(kind: Parse, low: float, high: float | None = None) -> Parse:
     return parse
 
 
+EPILOG = f"""\
+examples:
+  {TOKEN_ENV}=... dispatch-runner --url http://127.0.0.1:8000 --runner local-1
+  {TOKEN_ENV}=... dispatch-runner --url https://dispatch.example.com --runner build-01 \\
+      --state-dir /var/lib/dispatch-runner --log-format json
+
+environment:
+  {TOKEN_ENV}  the runner's token (from `dispatcher runner add` or `rotate`); preferred
+                         to --token, which other users of the host can see; jobs never get it
+  every other variable   passed on to the jobs' environment (a job's payload.env adds to it)
+
+files:
+  STATE_DIR/NAME/        spool of one runner name: its lock, the result not yet acknowledged and
+                         the job being run (kept across restarts); jobs run in STATE_DIR/NAME/work
+                         unless --work-dir is given
+
+exit status: 0 after a normal shutdown (SIGTERM/SIGINT: the running job may finish within
+--drain-timeout), 1 after a forced one (second signal) or a fatal error (state directory unusable
+or in use), 2 for bad arguments, 3 when the dispatcher kept refusing the token.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dispatch-runner", description="Run a dispatcher's jobs.")
+    p = argparse.ArgumentParser(
+        prog="dispatch-runner",
+        description="Run a dispatcher's jobs: connect to the dispatcher as runner NAME, run each "
+        "job it sends (payload.command or payload.script) and report the outcome.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--url", required=True, help="dispatcher base URL, http(s)://HOST:PORT")
     p.add_argument("--runner", required=True, help="this runner's name, as registered")
     p.add_argument("--token", help=f"runner token (better: set {TOKEN_ENV})")
@@ -85,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.token:
         log.warning("the token was given with --token; prefer %s", TOKEN_ENV)
     os.environ.pop(TOKEN_ENV, None)  # nothing started from here on inherits it
+    problem = directory_problem(config)
+    if problem is not None:
+        log.error("%s", problem)
+        return 1
     try:
         return asyncio.run(_run(Agent(config)))
     except SpoolLocked as exc:
@@ -114,6 +147,22 @@ def make_config(
         kill_grace=args.kill_grace,
         base_env={k: v for k, v in environ.items() if k != TOKEN_ENV},  # jobs never see it
     )
+
+
+def directory_problem(config: AgentConfig) -> str | None:
+    """Why the spool or the work directory cannot be used (one line), or None: checked before
+    connecting, so a mistake is one message at start rather than a traceback later."""
+    for option, path in (("--state-dir", config.spool_dir), ("--work-dir", config.job_dir)):
+        try:
+            if path.exists() and not path.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            return f"cannot use {option}: {exc.filename or path}: {reason}"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"cannot use {option}: {path}: not writable"
+    return None
 
 
 async def _run(agent: Agent) -> int:

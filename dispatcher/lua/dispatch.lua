@@ -896,6 +896,40 @@ local function pod_stop(keys, args)
   return 1
 end
 
+--[[ dispatch_v2_runner_rotate
+ARGV: ns, name, token_sha256_hex (the hash of the runner's new token)
+Keys: runner:<name>, idle:<spec> of its specs, pod:<pod>:runners, pod:<pod>:inbox and the pod's
+      bell (when connected), events
+Reply: 1 when a live connection was told to close, 0 when the runner had none; error when unknown.
+Invariant: in this one call the old token stops working (only the new hash is kept) and a live
+connection is detached as `dispatch_v2_detach` would, but without a connection generation left in
+the record, so the pod holding the socket closes it with 4001 (token revoked); the next attach
+starts a new generation. The record, its specs and a job in flight stay: the job keeps its
+lease, and the runner, back with the new token, re-attaches to it (PROTOCOL rule 1).
+]]
+local function runner_rotate(keys, args)
+  local ns, name, new_hash = args[1], args[2], args[3]
+  local rk = runner_key(ns, name)
+  if redis.call('EXISTS', rk) == 0 then return fail('no such runner: ' .. name) end
+  if not new_hash or #new_hash ~= 64 or not string.match(new_hash, '^%x+$') then
+    return fail('invalid token hash: 64 hex digits of SHA-256')
+  end
+  local r = redis.call('HMGET', rk, 'pod', 'job')
+  redis.call('HSET', rk, 'token_hash', new_hash)
+  local closed = 0
+  if r[1] and r[1] ~= '' then
+    unidle(ns, name)
+    local state = (r[2] and r[2] ~= '') and 'busy' or 'offline'
+    redis.call('HDEL', rk, 'conn')
+    redis.call('HSET', rk, 'pod', '', 'state', state, 'last_seen', tostring(now_ms()))
+    redis.call('SREM', pod_runners_key(ns, r[1]), name)
+    notify(ns, r[1], name)
+    closed = 1
+  end
+  emit(ns, now_ms(), 'runner_rotated', '', {runner = name})
+  return closed
+end
+
 redis.register_function('dispatch_v2_submit', submit)
 redis.register_function('dispatch_v2_cancel', cancel)
 redis.register_function('dispatch_v2_runner_add', runner_add)
@@ -912,3 +946,4 @@ redis.register_function('dispatch_v2_pump', pump)
 redis.register_function('dispatch_v2_record', record)
 redis.register_function('dispatch_v2_tick', tick)
 redis.register_function('dispatch_v2_pod_stop', pod_stop)
+redis.register_function('dispatch_v2_runner_rotate', runner_rotate)
