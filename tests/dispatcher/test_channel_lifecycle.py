@@ -209,6 +209,7 @@ async def test_ready_without_poll_timeout_holds_the_poll_open(pod, settings, rcl
     runner = await connect(pod, "r1", token)
     await runner.send("ready")  # default 30 s: no answer now, the poll stays open
     await runner.silent(1.2)
+    await until_waiting(rclient, keys, "r1")  # accepted, not only not answered yet
     assert idle_runners(rclient, keys) == ["r1"]
     job_id = submit(rclient, keys)
     assert (await runner.expect("job", timeout=5))["job"] == job_id
@@ -384,7 +385,8 @@ async def test_poll_timeout_bounds_1_and_900_are_accepted(pod, settings, rclient
     token = add_runner(settings, "r1", [SPEC])
     runner = await connect(pod, "r1", token)
     await runner.send("ready", poll_timeout=900)
-    await runner.silent(0.2)
+    await runner.silent(0.2)  # no answer (and no close) to a 900 s poll
+    await until_waiting(rclient, keys, "r1")  # the poll was accepted
     job_id = submit(rclient, keys)
     job = await runner.expect("job")
     assert job["job"] == job_id

@@ -18,10 +18,12 @@ from tests.dispatcher.support import (
     job_rec,
     new_job_id,
     queued_results,
+    ready_and_waiting,
     revoke,
     runner_rec,
     submit,
     take_job,
+    until_pod,
 )
 from tests.podkit import add_runner, connect
 
@@ -31,16 +33,16 @@ async def test_a_pod_whose_presence_lapsed_closes_its_channels_so_runners_reconn
 ):
     pod = await launch(settings)
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
-    await runner.send("ready", poll_timeout=30)
+    await ready_and_waiting(runner, rclient, keys, poll_timeout=30)  # attached, in a long poll
     # another pod's tick found this pod past its deadline and detached its runners
     rclient.zadd(keys.pods, {pod.id: 1})
     functions.run_sync(rclient, functions.tick(keys, "other-pod", 10_000))
     assert runner_rec(rclient, keys, "r1")["pod"] == ""
-    code, reason = await runner.closed(timeout=3)
+    code, reason = await runner.closed(timeout=10)
     assert code == 1001 and "presence" in reason
     # the runner reconnects and is served again
     again = await connect(pod, "r1", add_runner_token(settings, rclient, keys))
-    assert runner_rec(rclient, keys, "r1")["pod"] == pod.id
+    await until_pod(rclient, keys, "r1", pod.id)  # the upgrade comes before the attach
     job_id = submit(rclient, keys)
     assert (await take_job(again))["job"] == job_id
 
@@ -67,8 +69,7 @@ async def test_a_job_canceled_before_its_delivery_ends_the_poll_so_the_runner_wa
 ):
     pod = await launch(settings)
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
-    await runner.send("ready", poll_timeout=30)
-    await runner.silent(0.2)
+    await ready_and_waiting(runner, rclient, keys, poll_timeout=30)
     # submit and cancel in one transaction: the job is assigned, then canceled, never sent
     job_id = new_job_id()
     pipe = rclient.pipeline(transaction=True)
@@ -80,7 +81,7 @@ async def test_a_job_canceled_before_its_delivery_ends_the_poll_so_the_runner_wa
     pipe.fcall(functions.cancel(keys, job_id).name, 0, *functions.cancel(keys, job_id).args)
     pipe.execute()
     assert job_rec(rclient, keys, job_id)["status"] == "canceled"
-    await runner.expect("no_job", timeout=3)  # well before the 30 s poll ends
+    await runner.expect("no_job", timeout=10)  # well before the 30 s poll ends
     next_job = submit(rclient, keys)
     assert (await take_job(runner))["job"] == next_job
 
