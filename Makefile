@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo up test test-repeat lint bench clean clean-state
+.PHONY: setup demo up test test-repeat lint bench clean soak clean-state
 
 $(BIN)/dispatcher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,3 +72,11 @@ clean-state:
 		read answer; case "$$answer" in y|Y|yes) ;; *) echo "clean-state: kept"; exit 0;; esac; \
 	fi; \
 	rm -rf .dispatcher && echo "clean-state: removed .dispatcher"
+
+# Longer hostile-input runs than the test suite's: the live frame fuzz with SOAK_FRAMES frames
+# (default 50000) and a fresh seed, then the handshake flood measurement (bench.flood).
+SOAK_FRAMES ?= 50000
+soak: setup
+	DISPATCHER_FUZZ_FRAMES=$(SOAK_FRAMES) DISPATCHER_FUZZ_SEED=$$(date +%s) \
+		$(BIN)/pytest -q -s -p no:cacheprovider -o timeout=3600 tests/dispatcher/test_frames_fuzz.py
+	$(BIN)/python -m bench.flood
