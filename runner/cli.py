@@ -2,12 +2,15 @@
 
     dispatch-runner --url http(s)://HOST:PORT --runner NAME --token TOKEN
         [--poll-timeout S] [--state-dir DIR] [--drain-timeout S] [--kill-grace S]
-        [--work-dir DIR] [--log-format text|json]
+        [--work-dir DIR] [--log-format text|json] [--job-user NAME]
 
 The token may come from ``DISPATCH_RUNNER_TOKEN`` instead of ``--token``; prefer that, since other
 users of the host can read a command line. A ``--token`` value is overwritten in ``sys.argv`` and,
-on Linux, in the process's own argument memory, so ``ps`` shows asterisks after start-up. The token
-is removed from the environment the jobs get and scrubbed from every log line.
+on Linux, in the process's own argument memory, so ``ps`` shows asterisks after start-up; the same
+is done to the original environment memory (``/proc/PID/environ``), and the agent makes itself
+non-dumpable (``runner.secrecy``). The token is removed from the environment the jobs get and
+scrubbed from every log line. ``--job-user`` (or ``DISPATCH_RUNNER_JOB_USER``) runs the jobs as
+another user; the agent must then be root.
 
 Exit status: 0 after a normal shutdown, 1 after a forced one (second signal) or a fatal error such
 as a state directory in use, 2 for bad arguments, 3 when the dispatcher kept refusing the token.
@@ -29,8 +32,11 @@ from runner import __version__
 from runner.channel import channel_url
 from runner.config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_STATE_DIR, TOKEN_ENV, AgentConfig
 from runner.driver import Agent
-from runner.executor import DEFAULT_KILL_GRACE
+from runner.executor import DEFAULT_KILL_GRACE, WorkDirError
+from runner.jobuser import JOB_USER_ENV, JobUserError, resolve_job_user
 from runner.logs import setup_logging
+from runner.procgroup import GroupSurvived
+from runner.secrecy import make_undumpable, scrub_memory
 from runner.spool import SpoolLocked
 
 log = logging.getLogger("runner")
@@ -101,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--work-dir", type=Path, help="base of the per-job work directories")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--job-user",
+        help=f"run jobs as this user (the agent must be root; or set {JOB_USER_ENV})",
+    )
     return p
 
 
@@ -108,8 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = make_config(parser, args, os.environ)
-    if args.token:
-        hide_secret(args.token)
+    hide_secret(config.token)
     setup_logging(args.log_format, secrets=[config.token])
     if args.token:
         log.warning("the token was given with --token; prefer %s", TOKEN_ENV)
@@ -120,15 +129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         return asyncio.run(_run(Agent(config)))
-    except SpoolLocked as exc:
+    except (SpoolLocked, WorkDirError, GroupSurvived) as exc:
         log.error("%s", exc)
         return 1
 
 
 def make_config(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    euid: int | None = None,
 ) -> AgentConfig:
-    """The agent's settings from parsed arguments; a usage error exits 2 via ``parser.error``."""
+    """The agent's settings from parsed arguments; a usage error exits 2 via ``parser.error``,
+    an unusable job user with one line on stderr and status 2."""
     token = args.token or environ.get(TOKEN_ENV)
     if not token:
         parser.error(f"no token: pass --token or set {TOKEN_ENV}")
@@ -136,6 +149,12 @@ def make_config(
         channel_url(args.url, args.runner)
     except ValueError as exc:
         parser.error(str(exc))
+    job_user = None
+    if user_name := args.job_user or environ.get(JOB_USER_ENV):
+        try:
+            job_user = resolve_job_user(user_name, euid=os.geteuid() if euid is None else euid)
+        except JobUserError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return AgentConfig(
         url=args.url,
         runner=args.runner,
@@ -145,7 +164,9 @@ def make_config(
         poll_timeout=args.poll_timeout,
         drain_timeout=args.drain_timeout,
         kill_grace=args.kill_grace,
-        base_env={k: v for k, v in environ.items() if k != TOKEN_ENV},  # jobs never see it
+        # jobs never see the token, under its own name or any other
+        base_env={k: v for k, v in environ.items() if k != TOKEN_ENV and token not in v},
+        job_user=job_user,
     )
 
 
@@ -179,31 +200,8 @@ async def _run(agent: Agent) -> int:
 
 
 def hide_secret(secret: str) -> None:
-    """Replace ``secret`` in ``sys.argv`` and, best effort, in what ``ps`` shows."""
+    """Keep ``secret`` from other processes: out of ``sys.argv`` and, on Linux, out of what
+    ``/proc/PID/cmdline`` and ``/proc/PID/environ`` show; then make the agent non-dumpable."""
     sys.argv[:] = [arg.replace(secret, "***") for arg in sys.argv]
-    scrub_cmdline(secret)
-
-
-def scrub_cmdline(secret: str) -> bool:
-    """Overwrite ``secret`` with asterisks in this process's original argv memory (Linux only).
-
-    ``ps`` reads /proc/PID/cmdline, which is the memory between ``arg_start`` and ``arg_end``
-    (fields 48 and 49 of /proc/self/stat); Python keeps its own copy of the arguments, so
-    overwriting the original area changes what others see and nothing else. Returns whether it
-    worked.
-    """
-    needle = secret.encode()
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start, end = int(fields[45]), int(fields[46])  # fields 48, 49 (the split starts at 3)
-        with open("/proc/self/mem", "r+b", buffering=0) as mem:
-            mem.seek(start)
-            area = mem.read(end - start)
-            offset = area.find(needle)
-            while offset >= 0:
-                mem.seek(start + offset)
-                mem.write(b"*" * len(needle))
-                offset = area.find(needle, offset + len(needle))
-    except (OSError, ValueError, IndexError):
-        return False
-    return True
+    scrub_memory(secret)  # first: a non-dumpable process may not open its own /proc/self/mem
+    make_undumpable()

@@ -10,6 +10,7 @@ from urllib.parse import quote
 from dispatcher.messages import DEFAULT_POLL_TIMEOUT
 from runner.channel import channel_url
 from runner.executor import DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_CAP
+from runner.jobuser import JobUser
 
 TOKEN_ENV = "DISPATCH_RUNNER_TOKEN"
 DEFAULT_STATE_DIR = Path(".dispatch-runner")
@@ -24,7 +25,7 @@ class AgentConfig:
     runner: str
     token: str = field(repr=False)
     state_dir: Path = DEFAULT_STATE_DIR
-    work_dir: Path | None = None  # default: <spool dir>/work
+    work_dir: Path | None = None  # jobs run in <work_dir>/<runner>/; default <spool dir>/work
     poll_timeout: int = DEFAULT_POLL_TIMEOUT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     kill_grace: float = DEFAULT_KILL_GRACE
@@ -34,6 +35,7 @@ class AgentConfig:
     ack_timeout: float = 30.0
     poll_margin: float = 15.0
     max_auth_failures: int = 10
+    job_user: JobUser | None = None  # run jobs as this user (the agent must be root)
 
     @property
     def channel_url(self) -> str:
@@ -46,4 +48,8 @@ class AgentConfig:
 
     @property
     def job_dir(self) -> Path:
-        return self.work_dir if self.work_dir is not None else self.spool_dir / "work"
+        # One directory per runner name here too: a restarted agent removes what its own earlier
+        # life left, never the work directory of another agent's live job in a shared --work-dir.
+        if self.work_dir is not None:
+            return self.work_dir / quote(self.runner, safe="")
+        return self.spool_dir / "work"

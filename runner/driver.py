@@ -63,7 +63,8 @@ from runner.events import (
 )
 from runner.executor import Executor, ExecutorConfig
 from runner.machine import MachineConfig, RunnerMachine
-from runner.spool import Spool
+from runner.procgroup import ProcessGroup, stop_group
+from runner.spool import CurrentJob, Spool
 from runner.states import LocalProtocolError, RemoteProtocolError, State
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Agent:
                 kill_grace=config.kill_grace,
                 output_cap=config.output_cap,
                 base_env=config.base_env,
+                job_user=config.job_user,
             )
         )
         self._ws: ClientConnection | None = None
@@ -117,10 +119,13 @@ class Agent:
     async def run(self, stop: asyncio.Event | None = None) -> int:
         """Run until shutdown; setting ``stop`` is the same as one ``request_shutdown()``.
 
-        Raises ``SpoolLocked`` if another agent uses the same state directory and runner name.
+        Raises ``SpoolLocked`` if another agent uses the same state directory and runner name,
+        ``WorkDirError`` if the job user cannot reach the work directory, ``GroupSurvived`` if the
+        processes of a job from an earlier life cannot be killed.
         """
         with self._spool:
-            held = self._recover()
+            self._executor.prepare()
+            held = await self._recover()
             machine = RunnerMachine(self._machine_config(), backoff=self._backoff, held=held)
             self._machine = machine
             if stop is not None:
@@ -233,8 +238,11 @@ class Agent:
         self._job_task = asyncio.create_task(self._run_job(job, cancel))
 
     async def _run_job(self, job: Job, cancel: asyncio.Event) -> None:
+        def record_group(group: ProcessGroup) -> None:
+            self._spool.record_current(job, group)
+
         try:
-            outcome = await self._executor.run(job, cancel)
+            outcome = await self._executor.run(job, cancel, on_start=record_group)
         except Exception as exc:  # the executor should not raise; if it does, report, not crash
             log.exception("the executor failed on job %s", job.job)
             outcome = JobOutcome(error=f"runner error: {exc}")
@@ -246,23 +254,39 @@ class Agent:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def _recover(self) -> Terminal | None:
-        """Read what a previous agent left in the spool and work directory."""
+    async def _recover(self) -> Terminal | None:
+        """Deal with what a previous agent left: kill its job's processes (before anything else
+        happens), report the lost attempt in the log, remove its work directories."""
         held = self._spool.load_result()
         current = self._spool.load_current()
-        if current is not None and (held is None or held.job != current.job):
-            log.warning(
-                "job %s attempt %d was running when the agent stopped; it cannot be resumed, "
-                "the dispatcher ends that attempt",
-                current.job,
-                current.attempt,
-            )
+        if current is not None:
+            await self._kill_leftovers(current)
+            if held is None or held.job != current.job:
+                log.warning(
+                    "job %s attempt %d was running when the agent stopped; no process of it is "
+                    "left; it cannot be resumed, the dispatcher ends that attempt",
+                    current.job,
+                    current.attempt,
+                )
         self._spool.clear_current()
         if held is not None:
             log.info("the unacknowledged result of job %s will be sent first", held.job)
         if removed := self._executor.remove_stale_work_dirs():
             log.info("removed %d work directories left by a previous agent", removed)
         return held
+
+    async def _kill_leftovers(self, current: CurrentJob) -> None:
+        """SIGTERM, SIGKILL, and wait until they are gone (raises ``GroupSurvived``)."""
+        if current.group is None:
+            return  # the agent died before the job's command could start: the gate never opened
+        killed = await stop_group(current.group, self.config.kill_grace)
+        if killed:
+            log.warning(
+                "killed processes %s of job %s attempt %d, left by the previous agent",
+                killed,
+                current.job,
+                current.attempt,
+            )
 
     def _machine_config(self) -> MachineConfig:
         cfg = self.config

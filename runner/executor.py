@@ -15,6 +15,15 @@ sends SIGTERM to the whole group, then SIGKILL after the grace period, and lefto
 processes are killed when the main process exits. stdout and stderr keep their last ``output_cap``
 bytes (the tail is where the error is), with a one-line note of how much was cut.
 
+The group is recorded before the job's command runs: the command is started behind a gate, a
+``/bin/sh`` that waits for one line on its stdin, which the executor writes only after ``on_start``
+(the spool) has the group; then the shell execs the command with stdin from /dev/null. If the agent
+dies before that, the gate reads end-of-file and exits without running anything.
+
+With a ``job_user`` the child switches to that user (groups, gid, uid) before exec, and the work
+directory belongs to it. Output files are read without following symbolic links out of the work
+directory, since the agent (root then) must not read files for the job that the job cannot.
+
 A bad payload or a command that cannot start is a failed job, never an agent crash.
 """
 
@@ -25,14 +34,17 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from dispatcher.messages import Job
 from runner.events import JobOutcome
+from runner.jobuser import JobUser, job_environment, stat_chain, unreachable
+from runner.procgroup import ProcessGroup, describe
 
 DEFAULT_OUTPUT_CAP = 1 << 20  # 1 MiB for each of stdout and stderr, and for each output file
 DEFAULT_KILL_GRACE = 10.0
@@ -40,6 +52,10 @@ WORK_DIR_PREFIX = "job-"
 _READ_CHUNK = 1 << 16
 
 Ending = Literal["exited", "timeout", "canceled"]
+OnStart = Callable[[ProcessGroup], None]  # records the group durably; may raise OSError
+
+# $0 is a label; "$@" is the job's argv. Exit 125 (nothing ran) if the gate is never opened.
+GATE_SCRIPT = 'read -r go || exit 125; exec </dev/null; exec "$@"'
 
 
 class PayloadError(ValueError):
@@ -53,6 +69,11 @@ class ExecutorConfig:
     output_cap: int = DEFAULT_OUTPUT_CAP
     base_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     pipe_grace: float = 2.0  # after the job ends, how long to wait for its pipes to close
+    job_user: JobUser | None = None  # run jobs as this user (the agent is root)
+
+
+class WorkDirError(RuntimeError):
+    """The base work directory cannot be used for the jobs (one line for the operator)."""
 
 
 @dataclass(frozen=True)
@@ -128,16 +149,36 @@ class Executor:
     def __init__(self, config: ExecutorConfig) -> None:
         self._cfg = config
 
+    def prepare(self) -> None:
+        """Create the base work directory; with a job user, make sure that user can reach it."""
+        base, user = self._cfg.work_dir, self._cfg.job_user
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if user is None:
+            return
+        base.chmod(0o711)  # the job user passes through to its own directory, lists nothing
+        blocked = unreachable(stat_chain(base), user)
+        if blocked is not None:
+            raise WorkDirError(
+                f"job user {user.name} cannot reach the work directory {base}: no search "
+                f"permission on {blocked}; choose another --work-dir"
+            )
+
     def remove_stale_work_dirs(self) -> int:
-        """Delete work directories left by an agent that died mid-job; returns how many."""
+        """Delete work directories left by an agent that died mid-job; returns how many.
+
+        Call it only once no process of an earlier job can be running (``procgroup``)."""
         base = self._cfg.work_dir
         stale = [p for p in base.glob(f"{WORK_DIR_PREFIX}*") if p.is_dir()] if base.is_dir() else []
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)
 
-    async def run(self, job: Job, cancel: asyncio.Event) -> JobOutcome:
-        """Run ``job`` to its end; setting ``cancel`` stops it. Cancelling the task kills it."""
+    async def run(
+        self, job: Job, cancel: asyncio.Event, on_start: OnStart | None = None
+    ) -> JobOutcome:
+        """Run ``job`` to its end; setting ``cancel`` stops it. Cancelling the task kills it.
+
+        ``on_start`` gets the job's process group before the job's command runs."""
         try:
             payload = parse_payload(job.payload)
         except PayloadError as exc:
@@ -146,28 +187,55 @@ class Executor:
         prefix = f"{WORK_DIR_PREFIX}{job.job[:8]}-"
         work = Path(tempfile.mkdtemp(prefix=prefix, dir=self._cfg.work_dir))
         try:
+            cwd = self._make_dirs(work, payload.cwd)
+            env = self._environment(work, job, payload)
+            missing = _missing_command(payload.argv[0], cwd, env)
+            if missing is not None:
+                return JobOutcome(error=f"cannot start the job: {missing}")
             try:
-                proc = await self._spawn(work, job, payload)
+                proc = await self._spawn(cwd, env, payload)
             except OSError as exc:
                 return JobOutcome(error=f"cannot start the job: {exc}")
+            problem = await _open_gate(proc, on_start)
+            if problem is not None:
+                return JobOutcome(error=problem)
             return await self._supervise(proc, work, job, payload, cancel)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
 
-    async def _spawn(self, work: Path, job: Job, payload: Payload) -> asyncio.subprocess.Process:
-        cwd = work / payload.cwd if payload.cwd else work
-        cwd.mkdir(parents=True, exist_ok=True)
-        env = {**self._cfg.base_env, **payload.env}
+    def _make_dirs(self, work: Path, relative: str | None) -> Path:
+        """The work directory and the payload's ``cwd`` in it, owned by the job user if any."""
+        user, path = self._cfg.job_user, work
+        for part in [None, *PurePosixPath(relative or ".").parts]:
+            if part is not None:
+                path = path / part
+                path.mkdir(exist_ok=True)
+            if user is not None:
+                os.chown(path, user.uid, user.gid)
+        return path
+
+    def _environment(self, work: Path, job: Job, payload: Payload) -> dict[str, str]:
+        env = {**self._cfg.base_env, **job_environment(self._cfg.job_user), **payload.env}
         env.update(DISPATCH_JOB_ID=job.job, DISPATCH_JOB_ATTEMPT=str(job.attempt))
         env["DISPATCH_WORK_DIR"] = str(work)
+        return env
+
+    async def _spawn(
+        self, cwd: Path, env: dict[str, str], payload: Payload
+    ) -> asyncio.subprocess.Process:
+        user = self._cfg.job_user
+        switch: dict[str, Any] = {}
+        if user is not None:
+            switch = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
         return await asyncio.create_subprocess_exec(
-            *payload.argv,
+            *("/bin/sh", "-c", GATE_SCRIPT, "dispatch-job", *payload.argv),
             cwd=cwd,
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,  # the gate; then /dev/null
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: we can signal the whole job
+            **switch,
         )
 
     async def _supervise(
@@ -210,7 +278,39 @@ class Executor:
     def _read_outputs(self, work: Path, paths: list[str]) -> dict[str, str | None] | None:
         if not paths:
             return None
-        return {path: _read_capped(work / path, self._cfg.output_cap) for path in paths}
+        return {path: _read_capped(work, path, self._cfg.output_cap) for path in paths}
+
+
+async def _open_gate(proc: asyncio.subprocess.Process, on_start: OnStart | None) -> str | None:
+    """Record the job's group, then let its command run; an error text if it could not be
+    recorded (the command never ran). Cancelled meanwhile, the gate is killed, unopened."""
+    try:
+        if on_start is not None:
+            on_start(describe(proc.pid))
+    except OSError as exc:
+        _signal_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return f"cannot record the job's process group: {exc}"
+    except BaseException:
+        _signal_group(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    with contextlib.suppress(ConnectionError):  # the gate died: its exit status tells
+        await proc.stdin.drain()
+    proc.stdin.close()
+    return None
+
+
+def _missing_command(command: str, cwd: Path, env: Mapping[str, str]) -> str | None:
+    """Why ``command`` cannot be executed, as execvp would find it, or None."""
+    if "/" in command:
+        found: str | None = str(cwd / command)
+        if not (os.path.isfile(str(found)) and os.access(str(found), os.X_OK)):
+            found = None
+    else:
+        found = shutil.which(command, path=env.get("PATH", os.defpath))
+    return None if found else f"{command}: command not found or not executable"
 
 
 async def _pump(stream: asyncio.StreamReader, sink: TailBuffer) -> None:
@@ -260,9 +360,17 @@ def _error(ending: Ending, code: int | None) -> str | None:
     return None if code == 0 else f"exit code {code}"
 
 
-def _read_capped(path: Path, cap: int) -> str | None:
+def _read_capped(work: Path, relative: str, cap: int) -> str | None:
+    """The head of an output file; None if it is missing, not a regular file, or a link out of
+    the work directory."""
     try:
-        with path.open("rb") as f:
-            return f.read(cap).decode("utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        path = (work / relative).resolve(strict=True)
+        if not path.is_relative_to(work.resolve()):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (OSError, RuntimeError):
         return None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(cap).decode("utf-8", errors="replace")

@@ -6,8 +6,12 @@ ack (PROTOCOL.md rule 1 and 4: it is resent first after the next connect). So th
 fsynced and renamed over the old one, then the directory is fsynced, so a crash leaves either the
 old file or the new one, never a torn one.
 
-The current-job record tells a restarted agent which job died with it. It cannot re-attach to a
-process that is gone; it logs the loss and sends ``ready``, and the dispatcher ends that attempt.
+The current-job record tells a restarted agent which job died with it, and (written before the
+job's command starts) its process group: the agent kills what is left of the group before it
+connects, logs the loss and sends ``ready``; the dispatcher ends that attempt (PROTOCOL.md rule 1).
+
+The directory is private (0700) and its files 0600: results hold the jobs' output. The runner token
+is never written here.
 
 One agent per spool: ``open()`` takes an exclusive ``flock`` on a lock file, so two agents started
 with the same state directory and runner name cannot both resend or drop the same result.
@@ -25,6 +29,7 @@ from types import TracebackType
 import msgspec
 
 from dispatcher.messages import Job, Terminal
+from runner.procgroup import ProcessGroup
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class CurrentJob(msgspec.Struct, frozen=True):
     job: str
     attempt: int
     spec: str = ""
+    group: ProcessGroup | None = None  # recorded before the job's command starts
 
 
 class Spool:
@@ -56,7 +62,10 @@ class Spool:
 
     def open(self) -> Spool:
         """Create the directory (private to this user) and lock it; raises ``SpoolLocked``."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # a --state-dir made here is private too; one that exists is left as the operator made it
+        self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory.mkdir(exist_ok=True, mode=0o700)
+        _make_private(self.directory)
         fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,8 +114,8 @@ class Spool:
 
     # -- the job being executed -------------------------------------------------------------------
 
-    def record_current(self, job: Job) -> None:
-        record = CurrentJob(job=job.job, attempt=job.attempt, spec=job.spec)
+    def record_current(self, job: Job, group: ProcessGroup | None = None) -> None:
+        record = CurrentJob(job=job.job, attempt=job.attempt, spec=job.spec, group=group)
         self._write_atomic(CURRENT_FILE, msgspec.json.encode(record))
 
     def load_current(self) -> CurrentJob | None:
@@ -127,7 +136,8 @@ class Spool:
     def _write_atomic(self, name: str, data: bytes) -> None:
         path = self.directory / name
         tmp = path.with_name(f".{name}.tmp")
-        with tmp.open("wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # a stale temporary file keeps its old mode otherwise
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -157,3 +167,10 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _make_private(directory: Path) -> None:
+    """Mode 0700 on a directory this user owns (one made by an operator for us, too)."""
+    st = directory.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        directory.chmod(0o700)

@@ -69,8 +69,8 @@ def test_hide_secret_rewrites_sys_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc")
 def test_the_process_list_no_longer_shows_the_token() -> None:
     code = (
-        "import sys; from runner.cli import scrub_cmdline; "
-        "assert scrub_cmdline('tok-XYZ-987'); "
+        "import sys; from runner.secrecy import scrub_memory; "
+        "assert scrub_memory('tok-XYZ-987'); "
         "sys.stdout.buffer.write(open('/proc/self/cmdline', 'rb').read())"
     )
     done = subprocess.run(
