@@ -9,7 +9,11 @@ Redis); the children of a tier stop together. Each child gets the steps of its `
 signal, then a bounded wait), and whatever is left after the last step is killed with its process
 group, and for a runner with the process groups of its descendants: its jobs run in sessions of
 their own, which killing the runner's group does not reach (``dispatcher.proctree``). A second
-Ctrl-C (or SIGTERM) while stopping skips the remaining waits.
+Ctrl-C (or SIGTERM) while stopping skips the remaining waits. ``interrupt`` is the signal handler
+for both: the first signal raises ``KeyboardInterrupt`` (the caller's cue to ``stop``), every later
+one only hurries the stop. Two signals can come at once (`kill` of `make`'s process group: `make`
+passes its SIGTERM on to `up`), so one within ``SAME_SIGNAL`` seconds of the first counts as the
+same; and a second ``KeyboardInterrupt`` would end `up` before it stopped anything.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dispatcher.restarts import RestartBackoff
 Say = Callable[[str], None]
 Clock = Callable[[], float]
 KILL_WAIT = 5.0  # after SIGKILL to the group, how long to wait for the child to be reaped
+SAME_SIGNAL = 1.0  # a signal this soon after the first one is a copy of it, not a second request
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ class Supervisor:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._hurry = threading.Event()
+        self._hurry_said = False
+        self._interrupted: float | None = None  # when the first signal came (or the stop began)
         self._thread: threading.Thread | None = None
 
     def start(self, child: Child) -> Child:
@@ -157,27 +164,25 @@ class Supervisor:
                     f"{child.label} restarted (pid {child.pid}, restart {child.backoff.restarts})"
                 )
 
+    def interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler (SIGINT, SIGTERM): the first signal raises ``KeyboardInterrupt``; any
+        later one, or one while stopping, makes ``stop`` skip its remaining waits."""
+        now = self.clock()
+        if self._interrupted is None:
+            self._interrupted = now
+            raise KeyboardInterrupt
+        if now - self._interrupted >= SAME_SIGNAL:
+            self._hurry.set()  # said by _stop_tier: printing here could re-enter a print
+
     def stop(self, tiers: Sequence[Sequence[Child]]) -> None:
         """Stop every child, tier after tier; returns when none is left running."""
+        if self._interrupted is None:  # from here on a signal hurries the stop, never ends it
+            self._interrupted = self.clock()
         self._done.set()
         if self._thread is not None:
             self._thread.join()
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        if threading.current_thread() is threading.main_thread():
-            for sig in previous:
-                signal.signal(sig, self._on_second_signal)
-        try:
-            for tier in tiers:
-                self._stop_tier([c for c in tier if c.running()])
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    def _on_second_signal(self, signum: int, frame: FrameType | None) -> None:
-        if not self._hurry.is_set():
-            self._hurry.set()
-            self.say("second signal: killing what is left")
+        for tier in tiers:
+            self._stop_tier([c for c in tier if c.running()])
 
     def _stop_tier(self, tier: list[Child]) -> None:
         # child -> (index of its current step, when that step's wait ends)
@@ -189,6 +194,9 @@ class Supervisor:
             pending[id(child)] = (child, 0, now + wait)
         while pending:
             now = self.clock()
+            if self._hurry.is_set() and not self._hurry_said:
+                self._hurry_said = True
+                self.say("second signal: killing what is left")
             for key, (child, step, until) in list(pending.items()):
                 if not child.running():
                     code = child.proc.returncode if child.proc is not None else 0

@@ -120,8 +120,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             where = ", ".join(shown_path(p) for p in log_of.values())
             raise StartFailed(f"{problem}; nothing started (the children log to {where})")
 
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the children in order on SIGTERM too
     supervisor = Supervisor(console)
+    # SIGTERM stops the children in order like Ctrl-C; a SIGINT ignored from the start (nohup,
+    # a background job) stays ignored
+    signal.signal(signal.SIGTERM, supervisor.interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, supervisor.interrupt)
     tiers: list[list[Child]] = [[], [], [], []]  # runners, pod, writer, Redis: the stop order
     try:
         url = given_url or start_valkey(supervisor, data, logs, tiers[3])
@@ -172,10 +176,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             supervisor.stop(tiers)
             print("stopped", flush=True)
     return 0
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 # -- start-up -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from dispatcher import proctree
 from dispatcher.restarts import RestartBackoff
 from dispatcher.supervisor import Child, StopPlan, Supervisor
+from tests.dispatcher.upkit import gone
 
 QUICK = StopPlan(((signal.SIGTERM, 10.0),))
 
@@ -110,8 +111,29 @@ def test_a_runner_that_does_not_stop_is_killed_with_its_jobs_process_groups(tmp_
     assert job_pid in proctree.descendant_groups(runner.pid)  # its own group, below the runner
     supervisor.stop([[runner]])
     assert not runner.running()
-    assert not proctree.alive(job_pid)
+    assert gone(job_pid)
     assert said == [
         "runner r1 did not stop in 0.3s; sending SIGTERM",
         "runner r1 did not stop in 0.3s; killing it and the process groups of its jobs",
     ]
+
+
+def test_the_first_signal_interrupts_a_copy_is_ignored_and_a_later_one_hurries(tmp_path):
+    import pytest
+
+    clock, said = Clock(), list[str]()
+    supervisor = Supervisor(said.append, clock=clock)
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.interrupt(signal.SIGTERM, None)
+    clock.now += 0.2
+    supervisor.interrupt(signal.SIGTERM, None)  # e.g. `make` passing the same SIGTERM on
+    assert not supervisor._hurry.is_set()
+    clock.now += 1.0
+    supervisor.interrupt(signal.SIGINT, None)  # a second Ctrl-C, on purpose
+    assert supervisor._hurry.is_set()
+    # a hurried stop does not wait for the child's plan (an hour here)
+    patient = StopPlan(((signal.SIGCONT, 3600.0),))
+    child = supervisor.start(_sh(tmp_path, "slow", "while :; do sleep 0.05; done", patient))
+    supervisor.stop([[child]])
+    assert not child.running()
+    assert said == ["second signal: killing what is left"]

@@ -16,7 +16,7 @@ from dispatcher import proctree
 from dispatcher.client import Client
 from dispatcher.settings import Settings
 from dispatcher.up import free_port
-from tests.dispatcher.upkit import UpProcess
+from tests.dispatcher.upkit import UpProcess, gone
 
 
 def _up(tmp_path: Path, settings: Settings, *extra: str, port: int | None = None) -> UpProcess:
@@ -68,8 +68,8 @@ def test_ctrl_c_during_a_job_leaves_no_job_process_behind(tmp_path, settings):
     assert "stopping: runners first" in up.output()
     assert "runner local-1 stopped (status 0)" in up.output()
     assert "killing it" not in up.output()  # the runner stopped its job itself
-    assert not proctree.alive(main_pid), "the job's main process outlived `up`"
-    assert not proctree.alive(child_pid), "the job's background process outlived `up`"
+    assert gone(main_pid), "the job's main process outlived `up`"
+    assert gone(child_pid), "the job's background process outlived `up`"
     assert record["status"] == "failed", record  # stopped at the drain timeout, and reported
 
 
@@ -111,3 +111,23 @@ def test_up_survives_a_restart_of_its_external_redis(tmp_path):
             assert up.interrupt() == 0
     finally:
         server.stop()
+
+
+def test_a_signal_while_stopping_does_not_end_up_before_its_children(tmp_path, settings):
+    """`kill` of `make demo`'s process group: `up` gets the SIGTERM twice (`make` passes its own
+    on). The second one used to end `up` at once, leaving the pod, the runner and its job."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    with _up(tmp_path, settings, "--drain-timeout", "0.5") as up:
+        pod_pid = int(up.expect(r"^  pod .*\(pid (\d+),").group(1))
+        runner_pid = int(up.expect(r"^  runner local-1 .*\(pid (\d+),").group(1))
+        up.expect("Job log:")
+        with Client(settings) as client:
+            client.submit("local", {"script": f"echo $$ > {pids}/main; sleep 300"})
+            job_pid = int(_wait_for_file(pids / "main"))
+        up.proc.send_signal(signal.SIGTERM)
+        up.expect("^stopping: runners first")
+        up.proc.send_signal(signal.SIGTERM)  # a copy (or, if this machine is slow, a hurry)
+        assert up.proc.wait(60) == 0
+    for pid in (pod_pid, runner_pid, job_pid):
+        assert gone(pid)

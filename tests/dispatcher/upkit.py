@@ -101,3 +101,14 @@ class UpProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether ``pid`` is gone, or goes within ``timeout`` (a SIGKILL takes effect shortly after
+    it is sent, and only the killed process's parent can wait for it)."""
+    deadline = time.monotonic() + timeout
+    while proctree.alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
