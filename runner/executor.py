@@ -370,7 +370,10 @@ def _read_capped(work: Path, relative: str, cap: int) -> str | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except (OSError, RuntimeError):
         return None
-    with open(fd, "rb") as f:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return f.read(cap).decode("utf-8", errors="replace")
+            return None  # a directory, a FIFO (which would block), a device
+        with open(fd, "rb", closefd=False) as f:
+            return f.read(cap).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
