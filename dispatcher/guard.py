@@ -237,6 +237,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._ticket = None
         self.gate.refused(self.loop, self.client, status, reason)
         self._lingering = True
+        self.pipeline.clear()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a request still being answered must not write after the refusal (and its FIN)
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
         transport = self.transport
         if transport.is_closing():
             return

@@ -317,3 +317,15 @@ async def test_good_runners_keep_getting_jobs_during_a_flood_of_bad_handshakes(
         for runner in runners:
             await runner.close()
     assert {400, 401, 408, 429, 431} <= set(tally), tally
+
+
+async def test_a_pipelined_oversized_head_is_refused_and_nothing_after_it_is_written(pod):
+    """A complete request followed by an oversized one in the same bytes: the whole chunk is
+    scanned before the parser sees it, so only the refusal goes out, and no error is logged."""
+    good = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    bad = b"GET /healthz HTTP/1.1\r\nX: " + b"y" * 9000 + b"\r\n\r\n"
+    with pod_logs() as logs:
+        answer = await exchange(pod.port, good + bad, timeout=ANSWER_BOUND)
+    refused(answer, "HTTP/1.1 431 Request Header Fields Too Large")
+    assert answer.data.count(b"HTTP/1.1 ") == 1
+    assert logs.at_least(logging.WARNING) == []
