@@ -173,7 +173,12 @@ def make_config(
 def directory_problem(config: AgentConfig) -> str | None:
     """Why the spool or the work directory cannot be used (one line), or None: checked before
     connecting, so a mistake is one message at start rather than a traceback later."""
-    for option, path in (("--state-dir", config.spool_dir), ("--work-dir", config.job_dir)):
+    dirs = [
+        ("--state-dir", config.state_dir),  # first: made here, it is private too (0700)
+        ("--state-dir", config.spool_dir),
+        ("--work-dir", config.job_dir),
+    ]
+    for option, path in dirs:
         try:
             if path.exists() and not path.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
