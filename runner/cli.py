@@ -67,16 +67,20 @@ examples:
 environment:
   {TOKEN_ENV}  the runner's token (from `dispatcher runner add` or `rotate`); preferred
                          to --token, which other users of the host can see; jobs never get it
+  {JOB_USER_ENV}  run the jobs as this user, like --job-user (the agent must be root)
   every other variable   passed on to the jobs' environment (a job's payload.env adds to it)
 
 files:
-  STATE_DIR/NAME/        spool of one runner name: its lock, the result not yet acknowledged and
-                         the job being run (kept across restarts); jobs run in STATE_DIR/NAME/work
-                         unless --work-dir is given
+  STATE_DIR/NAME/        spool of one runner name (0700): its lock, the result not yet
+                         acknowledged and the job being run with its process group (kept across
+                         restarts: a restarted agent kills that group first); jobs run in
+                         STATE_DIR/NAME/work, or WORK_DIR/NAME with --work-dir
 
 exit status: 0 after a normal shutdown (SIGTERM/SIGINT: the running job may finish within
 --drain-timeout), 1 after a forced one (second signal) or a fatal error (state directory unusable
-or in use), 2 for bad arguments, 3 when the dispatcher kept refusing the token.
+or in use, a job user that cannot reach the work directory, a previous job's processes that
+survive SIGKILL), 2 for bad arguments (--job-user when not root, or an unknown user), 3 when the
+dispatcher kept refusing the token.
 """
 
 
@@ -109,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument(
         "--job-user",
+        metavar="NAME",
         help=f"run jobs as this user (the agent must be root; or set {JOB_USER_ENV})",
     )
     return p
