@@ -53,10 +53,10 @@ def test_serve_with_redis_down_prints_one_line_and_exits_1():
         timeout=60,
     )
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [
-        f"dispatcher: cannot reach Redis at {url} (Error 111 connecting to "
-        f"{url.split('//')[1].split('/')[0]}. Connection refused.)"
-    ]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr  # not the application's start-up traceback
+    assert lines[0].startswith(f"dispatcher: cannot reach Redis at {url} (")
+    assert "refused" in lines[0].lower()
 
 
 def test_up_help_shows_the_embedded_valkey_as_the_default(capsys):
