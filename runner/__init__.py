@@ -9,6 +9,9 @@ Layout (one concept per module):
 - ``backoff``: pure reconnect back-off with jitter;
 - ``executor``: runs one job as a subprocess (process group, timeout, cancel, output caps);
 - ``spool``: the on-disk result spool and current-job record under ``--state-dir``;
+- ``procgroup``: a job's recorded process group, and ending it after the agent died;
+- ``jobuser``: ``--job-user`` (running jobs as another user) and the work directory it must reach;
+- ``secrecy``: the token out of ``/proc/PID/cmdline`` and ``environ``, a non-dumpable agent;
 - ``channel``: opening the WebSocket, reading frames, classifying refusals (401/429);
 - ``config``: the agent's settings object;
 - ``driver``: the asyncio ``Agent`` that feeds the machine and performs its effects;

@@ -33,7 +33,7 @@ from runner.channel import channel_url
 from runner.config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_STATE_DIR, TOKEN_ENV, AgentConfig
 from runner.driver import Agent
 from runner.executor import DEFAULT_KILL_GRACE, WorkDirError
-from runner.jobuser import JOB_USER_ENV, JobUserError, resolve_job_user
+from runner.jobuser import JOB_USER_ENV, JobUserError, reach_problem, resolve_job_user
 from runner.logs import setup_logging
 from runner.procgroup import GroupSurvived
 from runner.secrecy import make_undumpable, scrub_memory
@@ -129,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("the token was given with --token; prefer %s", TOKEN_ENV)
     os.environ.pop(TOKEN_ENV, None)  # nothing started from here on inherits it
     problem = directory_problem(config)
+    if problem is None and config.job_user is not None:
+        problem = reach_problem(config.job_dir, config.job_user)
     if problem is not None:
         log.error("%s", problem)
         return 1

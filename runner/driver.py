@@ -13,6 +13,10 @@ the running job finish (stopped and reported ``failed`` at ``drain_timeout``), d
 and exits 0. A second request exits at once with status 1: the job's process group is killed, and
 the spool keeps any undelivered result for the next start.
 
+Start: before the first connection, a job that a previous life of the agent left running (its
+process group is in the spool) is killed and waited for, so no job runs beside the next one; the
+``ready`` that follows ends that attempt at the dispatcher (PROTOCOL.md rule 1).
+
 Token refused (HTTP 401, or 403 from a server that cannot send 401): what a fleet operator expects
 is a loud, clear error and no crash loop hammering the dispatcher, yet no lost work when a token is
 rotated under a running agent. So each refusal is logged at ERROR ("token refused"), retried with

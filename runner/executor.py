@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from dispatcher.messages import Job
 from runner.events import JobOutcome
-from runner.jobuser import JobUser, job_environment, stat_chain, unreachable
+from runner.jobuser import JobUser, job_environment, reach_problem
 from runner.procgroup import ProcessGroup, describe
 
 DEFAULT_OUTPUT_CAP = 1 << 20  # 1 MiB for each of stdout and stderr, and for each output file
@@ -155,13 +155,9 @@ class Executor:
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         if user is None:
             return
-        base.chmod(0o711)  # the job user passes through to its own directory, lists nothing
-        blocked = unreachable(stat_chain(base), user)
-        if blocked is not None:
-            raise WorkDirError(
-                f"job user {user.name} cannot reach the work directory {base}: no search "
-                f"permission on {blocked}; choose another --work-dir"
-            )
+        problem = reach_problem(base, user)
+        if problem is not None:
+            raise WorkDirError(problem)
 
     def remove_stale_work_dirs(self) -> int:
         """Delete work directories left by an agent that died mid-job; returns how many.

@@ -88,6 +88,19 @@ def stat_chain(directory: Path) -> list[DirStat]:
     return chain
 
 
+def reach_problem(base: Path, user: JobUser) -> str | None:
+    """Open the existing base work directory to ``user`` (0711: pass, not list) and say, in one
+    line, what still keeps that user from it; None when nothing does."""
+    base.chmod(0o711)
+    blocked = unreachable(stat_chain(base), user)
+    if blocked is None:
+        return None
+    return (
+        f"job user {user.name} cannot reach the work directory {base}: no search permission "
+        f"on {blocked}; choose another --work-dir"
+    )
+
+
 def job_environment(user: JobUser | None) -> dict[str, str]:
     """Variables that must describe the job's user rather than the agent's."""
     if user is None:

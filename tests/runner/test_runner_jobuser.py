@@ -133,3 +133,25 @@ def test_the_command_refuses_an_unknown_job_user_in_one_line(tmp_path: Path) -> 
     assert done.returncode == 2
     assert done.stderr == f"dispatch-runner: error: --job-user {NO_USER}: no such user\n"
     assert not (tmp_path / "r1").exists()  # refused before anything was touched
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_work_dir_the_job_user_cannot_reach_is_one_line_and_status_1(tmp_path: Path) -> None:
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("needs a user 'nobody'")
+    tmp_path.chmod(0o700)
+    script = Path(sys.executable).with_name("dispatch-runner")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "runner"]
+    done = subprocess.run(
+        [*command, *ARGS[:4], "--state-dir", str(tmp_path / "state"), "--job-user", "nobody"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DISPATCH_RUNNER_TOKEN": "t0k"},
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()  # before connecting: nothing else is said
+    assert " ERROR runner: job user nobody cannot reach the work directory " in line
+    assert line.endswith("; choose another --work-dir")
