@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from dispatcher import adminserver
 from dispatcher.channel import channel
 from dispatcher.pod import Pod
 from dispatcher.ratelimit import FailureLimiter
@@ -36,9 +37,18 @@ def create_app(settings: Settings, pod: Pod | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await the_pod.start()
+        admin = None
+        if settings.admin_port:  # /metrics on its own port (dispatcher.adminserver)
+            registry = the_pod.metrics.registry
+            admin = await adminserver.start_listener(
+                registry, settings.admin_host, settings.admin_port
+            )
+        app.state.admin = admin
         try:
             yield
         finally:
+            if admin is not None:
+                await admin.stop()
             await the_pod.stop()
 
     app = Starlette(

@@ -123,6 +123,7 @@ async def channel(ws: WebSocket) -> None:
         log.warning("handshake of %s: Redis unavailable: %s", runner, exc)
         refused = PlainTextResponse("storage unavailable\n", status_code=503)
     if refused is not None:
+        pod.metrics.refused(refused.status_code)
         await ws.send_denial_response(refused)
         return
     await ws.accept()

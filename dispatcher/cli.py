@@ -9,6 +9,7 @@ status 1; argparse's usage errors stay 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -38,10 +39,18 @@ def register_serve(subparsers: SubParsers, common: argparse.ArgumentParser) -> N
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="serve /metrics on this port (default: $DISPATCHER_ADMIN_PORT; 0 = off)",
+    )
     parser.set_defaults(handler=serve)
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.admin_port is not None:
+        settings = dataclasses.replace(settings, admin_port=args.admin_port)
     preflight.require_redis(settings.redis_url)  # one line, not the app's start-up traceback
     # imported here so producer commands start without the server's dependencies
     server = importlib.import_module("dispatcher.server")

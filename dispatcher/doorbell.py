@@ -80,6 +80,11 @@ class Doorbell:
         sent = self._probe_sent
         return sent is not None and self._probe_seen < sent and now - sent >= timeout
 
+    @property
+    def probe_seen(self) -> float:
+        """Loop time the last probe came back (0.0: none yet)."""
+        return self._probe_seen
+
     def reset_probe(self) -> None:
         self._probe_sent, self._probe_seen = None, 0.0
 

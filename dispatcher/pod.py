@@ -25,6 +25,7 @@ from dispatcher.doorbell import PROBE, Doorbell
 from dispatcher.durability import Durability
 from dispatcher.keys import Keys
 from dispatcher.longpoll import LongPoll
+from dispatcher.podmetrics import PodMetrics
 from dispatcher.records import rfc3339
 from dispatcher.results import PumpConfig, PumpLoop
 from dispatcher.session import Event, State
@@ -73,6 +74,7 @@ class Pod(LongPoll):
             self._sync_redis, self.keys, PumpConfig.from_settings(settings), lambda: self._stopped
         )
         self.durability = Durability.parse(settings.ack_durability)
+        self.metrics = PodMetrics()  # served on the admin port (dispatcher.adminserver)
         self.sockets: dict[str, RunnerSocket] = {}
         self.doorbell = Doorbell(
             settings,
@@ -92,6 +94,7 @@ class Pod(LongPoll):
         self._stopped = False
         self._joined = False
         self._doorbell_task: asyncio.Task[None] | None = None
+        self.metrics.watch(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -210,6 +213,7 @@ class Pod(LongPoll):
         sock.cancel_poll_timer()
         sock.session.start_job(offer["job"], int(offer["attempt"]), Event.SEND_JOB)
         await sock.send(job_message(offer, self.settings))
+        self.metrics.delivered(offer.get("created"))
 
     # -- doorbell and reconcile ----------------------------------------------------------------
 
@@ -294,12 +298,14 @@ class Pod(LongPoll):
         """Renew presence, reap due leases, and look at every runner in the inbox."""
         ttl_ms = int(self.settings.pod_ttl * 1000)
         reply = await functions.run(self.redis, functions.tick(self.keys, self.id, ttl_ms))
+        self.metrics.ticked(reply)
         if reply.get("rejoined") and self._joined:
             # presence lapsed (Redis failover, a stalled pod) and another pod's tick may have
             # detached our runners: make them reconnect so their records name a live pod again
             log.warning(
                 "pod %s lost its presence; closing its channels so runners reconnect", self.id
             )
+            self.metrics.presence_lost.inc()
             for sock in list(self.sockets.values()):
                 self.spawn(sock.close(CLOSE_GOING_AWAY, "dispatcher pod lost its presence"))
         self._joined = True
@@ -320,6 +326,7 @@ class Pod(LongPoll):
                 if self.settings.wake == "pubsub" and ticks % PROBE_EVERY_TICKS == 0:
                     await self._probe_doorbell()
             except redis.RedisError as exc:
+                self.metrics.redis_errors.labels("tick").inc()
                 log.warning("tick failed: %s", exc)
             except Exception:  # the tick keeps the pod alive in Redis: never let it die
                 log.exception("tick failed")
@@ -331,6 +338,7 @@ class Pod(LongPoll):
         timeout = PROBE_EVERY_TICKS * self.settings.reconcile_interval
         if self.doorbell.probe_overdue(now, timeout):
             log.warning("pod %s: doorbell probe not received; rebuilding the subscription", self.id)
+            self.metrics.probe_failures.inc()
             self.doorbell.live = False
             self.doorbell.reset_probe()
             old = self._doorbell_task

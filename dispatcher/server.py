@@ -170,6 +170,7 @@ def build_server(
     logredact.install()  # after Config: its logging setup must not come after the filter
     server = PodServer(config, pod, signals=signals)
     server.gate = gate
+    pod.metrics.gate = gate  # its refusal count is exported on the admin port
     return server
 
 

@@ -61,6 +61,11 @@ class Settings:
     auth_fail_rate: int = 30
     trusted_proxies: str = ""
 
+    # -- operators' side: /metrics listener, dashboard (deploy/, docs/operations.md#metrics)
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
+    dashboard_token: str = ""
+
     def __post_init__(self) -> None:
         if not NAMESPACE_RE.match(self.namespace):
             raise ConfigError(
@@ -90,6 +95,8 @@ class Settings:
             raise ConfigError("wake must be 'pubsub' or 'poll'")
         self._check_results_path()
         self._check_handshake()
+        if not 0 <= self.admin_port <= 65535:
+            raise ConfigError("admin_port must be from 0 (off) to 65535")
 
     def _check_results_path(self) -> None:
         if not 1 <= self.result_batch_size <= 4096:
