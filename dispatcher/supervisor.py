@@ -232,4 +232,5 @@ class Supervisor:
 
 def console(text: str) -> None:
     """One line on stdout, stamped like the job log's lines."""
-    print(f"{time.strftime('%H:%M:%S')}  up: {text}", flush=True)
+    with contextlib.suppress(OSError, ValueError):  # a console gone must not stop the stop
+        print(f"{time.strftime('%H:%M:%S')}  up: {text}", flush=True)

@@ -127,6 +127,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, supervisor.interrupt)
     tiers: list[list[Child]] = [[], [], [], []]  # runners, pod, writer, Redis: the stop order
+    status = 0
     try:
         url = given_url or start_valkey(supervisor, data, logs, tiers[3])
         settings = Settings.from_env(redis_url=url, namespace=settings.namespace)
@@ -166,16 +167,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         watch(settings, url, args.spec if args.demo else None)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # the console went away (its terminal or pipe closed): stop too
+        status = 1
     finally:
         if any(tiers):
-            print(
-                f"\nstopping: runners first (a running job gets {args.drain_timeout:g}s), "
-                "then the pod, the result writer and Redis",
-                flush=True,
-            )
+            with contextlib.suppress(OSError, ValueError):
+                print(
+                    f"\nstopping: runners first (a running job gets {args.drain_timeout:g}s), "
+                    "then the pod, the result writer and Redis",
+                    flush=True,
+                )
             supervisor.stop(tiers)
-            print("stopped", flush=True)
-    return 0
+            with contextlib.suppress(OSError, ValueError):
+                print("stopped", flush=True)
+    return status
 
 
 # -- start-up -------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ test_up.py).
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from dispatcher import proctree
 from dispatcher.client import Client
 from dispatcher.settings import Settings
 from dispatcher.up import free_port
-from tests.dispatcher.upkit import UpProcess, gone
+from tests.dispatcher.upkit import UpProcess, clean_env, gone
 
 
 def _up(tmp_path: Path, settings: Settings, *extra: str, port: int | None = None) -> UpProcess:
@@ -131,3 +134,32 @@ def test_a_signal_while_stopping_does_not_end_up_before_its_children(tmp_path, s
         assert up.proc.wait(60) == 0
     for pid in (pod_pid, runner_pid, job_pid):
         assert gone(pid)
+
+
+def test_up_whose_console_goes_away_stops_its_children(tmp_path, settings):
+    """A closed terminal or pipe: the next line `up` prints fails; it must stop what it started
+    (it used to die there and leave every child running)."""
+    argv = [sys.executable, "-m", "dispatcher", "up", "--port", str(free_port())]
+    argv += ["--data-dir", str(tmp_path / "state"), "--redis-url", settings.redis_url]
+    argv += ["--namespace", settings.namespace]
+    proc = subprocess.Popen(argv, env=clean_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pids = []
+        for line in proc.stdout:  # bounded by pytest's timeout: `up` prints these at once
+            pids += [int(p) for p in re.findall(r"\(pid (\d+),", line)]
+            if "Job log:" in line:
+                break
+        assert len(pids) == 2  # the pod and the runner (the writer's line has no parentheses)
+        proc.stdout.close()
+        with Client(settings) as client:
+            client.submit("local", {"command": ["true"]})  # its events are printed: EPIPE
+        assert proc.wait(60) == 1
+        for pid in pids:
+            assert gone(pid)
+    finally:
+        if proc.poll() is None:
+            groups = proctree.descendant_groups(proc.pid)
+            proc.kill()
+            proctree.kill_groups(groups)
+            proc.wait()

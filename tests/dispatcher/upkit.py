@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,8 @@ class UpProcess:
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         argv = [sys.executable, "-m", "dispatcher", "up", "--port", str(self.port)]
+        if shutil.which("setpriv"):  # if pytest itself is killed, `up` still stops its children
+            argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
         self.proc = subprocess.Popen(
             [*argv, "--data-dir", str(data), *extra],
             cwd=data.parent,
