@@ -25,12 +25,13 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from bench import deps, report, scenarios
+from bench import deps, report, resultspath, resultsreport, scenarios
 from bench.harness import Harness, delete_namespace
 from bench.procs import ROOT, Procs, free_port
 from bench.scenarios import MODES, Size
 
 SCENARIOS = ("latency", "throughput", "idle", "connections", "lostbell")
+EXTRA_SCENARIOS = ("results",)  # run only when named: `--scenario results`
 DEFAULT_RESULTS = ROOT / "bench" / "results"
 QUICK_RESULTS = DEFAULT_RESULTS / "tmp" / "quick"
 PACKAGES = ("websockets", "redis", "hiredis", "uvicorn", "uvloop", "starlette", "msgspec", "rq")
@@ -40,13 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark the dispatcher: latency, throughput, idle cost, connections and "
-        "lost doorbells, against the poll baseline (DISPATCHER_WAKE=poll).",
+        "lost doorbells, against the poll baseline (DISPATCHER_WAKE=poll); and, when named, "
+        "the results path (--scenario results: load, drain, postgres sink, kill -9 a writer).",
     )
     p.add_argument(
         "--scenario",
         action="append",
-        choices=[*SCENARIOS, "all"],
-        help="scenario to run (repeatable; default: all)",
+        choices=[*SCENARIOS, *EXTRA_SCENARIOS, "all"],
+        help="scenario to run (repeatable; default: all = the first five; 'results' runs only "
+        "when named)",
     )
     p.add_argument(
         "--quick",
@@ -94,6 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
         "does; for measuring what compression costs)",
     )
     p.add_argument("--writers", type=int, help="result writers (worker_bridge processes)")
+    p.add_argument(
+        "--drain",
+        type=int,
+        help="results scenario: results waiting when the writers start (default 50,000)",
+    )
+    p.add_argument(
+        "--kill-results",
+        type=int,
+        help="results scenario: results waiting in the kill -9 phase (default 20,000)",
+    )
+    p.add_argument(
+        "--results-phases",
+        default=",".join(resultspath.PHASES),
+        help="results scenario: comma-separated phases to run "
+        f"(default {','.join(resultspath.PHASES)})",
+    )
+    p.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "DISPATCHER_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="PostgreSQL of the results scenario's postgres phase (default: "
+        "$DISPATCHER_POSTGRES_URL or postgresql://postgres@127.0.0.1:5432/postgres; the phase "
+        "is skipped, with the reason, when it does not answer)",
+    )
     p.add_argument("--producers", type=int, help="producer processes of the throughput scenario")
     p.add_argument(
         "--summary",
@@ -111,7 +139,15 @@ def sizes(args: argparse.Namespace, names: list[str]) -> dict[str, Size]:
     for name in names:
         size = base[name]
         changes: dict[str, Any] = {}
-        for field in ("runners", "duration", "poll_timeout", "writers", "producers"):
+        for field in (
+            "runners",
+            "duration",
+            "poll_timeout",
+            "writers",
+            "producers",
+            "drain",
+            "kill_results",
+        ):
             value = getattr(args, field)
             if value is not None:
                 changes[field] = value
@@ -204,11 +240,15 @@ async def start_private_redis(procs: Procs) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     deps.check()
-    names = (
-        list(SCENARIOS)
-        if not args.scenario or "all" in args.scenario
-        else [n for n in SCENARIOS if n in args.scenario]
-    )
+    phases = tuple(p.strip() for p in args.results_phases.split(",") if p.strip())
+    unknown = set(phases) - set(resultspath.PHASES)
+    if unknown:
+        print(f"bench: unknown results phase(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    wanted = set(args.scenario or ["all"])
+    if "all" in wanted:
+        wanted |= set(SCENARIOS)
+    names = [n for n in (*SCENARIOS, *EXTRA_SCENARIOS) if n in wanted]
     chosen = sizes(args, names)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     results_dir: Path = args.results_dir or (QUICK_RESULTS if args.quick else DEFAULT_RESULTS)
@@ -254,6 +294,8 @@ async def run(args: argparse.Namespace) -> int:
             quick=args.quick,
             poll_interval=args.poll_interval,
             compression=not args.no_compression,
+            postgres_url=args.postgres_url,
+            results_phases=phases,
         )
         for name in names:
             await run_scenario(h, name, chosen[name], data)
@@ -269,6 +311,8 @@ async def run(args: argparse.Namespace) -> int:
     data["wall_time_s"] = round(data["finished"] - started, 1)
     report.add_ratios(data["scenarios"])
     data["targets"] = report.evaluate(data["scenarios"])
+    if "results" in data["scenarios"]:
+        data["targets"] += resultsreport.evaluate(data["scenarios"]["results"])
     write_outputs(args, data, results_dir, names)
     return 1 if data["errors"] else 0
 
@@ -307,6 +351,8 @@ async def run_scenario(h: Harness, name: str, size: Size, data: dict[str, Any]) 
         runs = [(None, functools.partial(scenarios.throughput, h, size))]
     elif name == "connections":
         runs = [(None, functools.partial(scenarios.connections, h, size))]
+    elif name == "results":
+        runs = [(None, functools.partial(resultspath.results, h, size))]
     else:
         runs = [(None, functools.partial(scenarios.lostbell, h, size))]
     for mode, fn in runs:
@@ -350,6 +396,11 @@ def headline(name: str, r: dict[str, Any]) -> str:
             f"FCALL/s), pods {r['pod_cpu_percent_total']} % CPU"
             + (" [other Redis clients active]" if r["contaminated"] else "")
         )
+    if name == "results":
+        failed = r.get("errors") or {}
+        return f"{len(r['phases'])} phase(s) done" + (
+            f", failed: {', '.join(failed)}" if failed else ""
+        )
     if name == "connections":
         return (
             f"{r['connected']} connected, {r['rss_per_connection_kib']} KiB/connection, "
@@ -366,12 +417,21 @@ def write_outputs(
 ) -> None:
     json_path = results_dir / f"bench-{data['run_id']}.json"
     png_path = results_dir / f"bench-{data['run_id']}.png"
+    results_png = png_path.with_name(f"bench-{data['run_id']}-results.png")
+    five = [n for n in names if n in SCENARIOS]
+    if not five:  # the results scenario alone: its own chart is the run's chart
+        results_png = png_path
     data["files"] = {"json": _rel(json_path), "png": _rel(png_path)}
+    if "results" in data["scenarios"]:
+        data["files"]["results_png"] = _rel(results_png)
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    report.write_chart(png_path, data)
+    if five:
+        report.write_chart(png_path, data)
+    if "results" in data["scenarios"]:
+        resultsreport.write_chart(results_png, data)
     full = (
         not args.quick
-        and names == list(SCENARIOS)
+        and five == list(SCENARIOS)
         and not args.no_compression
         and not any(getattr(args, f) is not None for f in ("runners", "duration", "rate"))
     )
@@ -379,10 +439,29 @@ def write_outputs(
         args.summary == "auto" and (full or results_dir.resolve() != DEFAULT_RESULTS.resolve())
     )
     summary = results_dir / "SUMMARY.md"
-    if write and not data["scenarios"]:
+    if write and not any(n in data["scenarios"] for n in SCENARIOS):
         write = False
     if write:
         report.write_summary(summary, data)
+    # the results block: a full-size run of every phase, or any run into another directory
+    results_full = (
+        not args.quick
+        and set(args.results_phases.split(",")) == set(resultspath.PHASES)
+        and not any(
+            getattr(args, f) is not None
+            for f in ("runners", "duration", "writers", "producers", "drain", "kill_results")
+        )
+    )
+    write_results = "results" in data["scenarios"] and (
+        args.summary == "yes"
+        or (
+            args.summary == "auto"
+            and (results_full or results_dir.resolve() != DEFAULT_RESULTS.resolve())
+        )
+    )
+    if write_results:
+        resultsreport.write_summary(summary, data)
+        write = True
     print()
     for row in data["targets"]:
         verdict = {True: "met", False: "MISSED", None: "n/a"}[row["met"]]

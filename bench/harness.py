@@ -48,6 +48,8 @@ class Harness:
     quick: bool = False
     poll_interval: float = 1.0
     compression: bool = True
+    postgres_url: str = ""  # the results scenario's postgres sink ("" = skip that phase)
+    results_phases: tuple[str, ...] = ()  # phases of the results scenario (() = all)
 
     @property
     def redis_port(self) -> int:
@@ -67,8 +69,11 @@ class Harness:
 
     # -- servers ------------------------------------------------------------------------------
 
-    async def start_pods(self, ns: str, count: int, wake: str = "pubsub") -> list[Pod]:
+    async def start_pods(
+        self, ns: str, count: int, wake: str = "pubsub", extra_env: dict[str, str] | None = None
+    ) -> list[Pod]:
         env = self.env(ns, DISPATCHER_WAKE=wake, DISPATCHER_POLL_INTERVAL=str(self.poll_interval))
+        env.update(extra_env or {})
         pods = []
         for i in range(count):
             port = free_port()
@@ -97,10 +102,13 @@ class Harness:
             await asyncio.sleep(0.05)
         raise pod.child.failure(f"/readyz not 200 within {timeout:.0f} s")
 
-    async def start_writers(self, ns: str, count: int) -> list[Child]:
+    async def start_writers(
+        self, ns: str, count: int, extra_env: dict[str, str] | None = None, first: int = 0
+    ) -> list[Child]:
+        env = {**self.env(ns), **(extra_env or {})}
         return [
-            await self.procs.python(f"writer{i}", "worker_bridge", env=self.env(ns))
-            for i in range(count)
+            await self.procs.python(f"writer{i}", "worker_bridge", env=env)
+            for i in range(first, first + count)
         ]
 
     # -- runners ------------------------------------------------------------------------------

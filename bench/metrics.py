@@ -127,12 +127,22 @@ def command_calls(info: dict[str, Any]) -> dict[str, int]:
     return calls
 
 
+def command_usec(info: dict[str, Any]) -> dict[str, int]:
+    """``INFO commandstats`` as command -> microseconds spent in it (FCALL: the whole call)."""
+    usec: dict[str, int] = {}
+    for key, value in info.items():
+        if key.startswith("cmdstat_") and isinstance(value, dict):
+            usec[key.removeprefix("cmdstat_")] = int(value.get("usec", 0))
+    return usec
+
+
 async def redis_snapshot(client: redis.asyncio.Redis) -> dict[str, Any]:
     """Command counts and Redis CPU seconds, for deltas."""
     stats = await client.info("commandstats")
     cpu = await client.info("cpu")
     return {
         "calls": command_calls(stats),
+        "usec": command_usec(stats),
         "cpu": float(cpu.get("used_cpu_user", 0)) + float(cpu.get("used_cpu_sys", 0)),
     }
 
@@ -151,6 +161,13 @@ def command_delta(before: dict[str, Any], after: dict[str, Any], seconds: float)
         "fcall_per_s": round(ours.get("fcall", 0) / span, 2),
         "inside_functions_per_s": round((total - ours.get("fcall", 0)) / span, 2),
         "by_command_per_s": {name: round(n / span, 2) for name, n in top},
+        # Redis's own time per call (FCALL: the whole function, commands inside included)
+        "usec_per_call": {
+            name: round(
+                (after.get("usec", {}).get(name, 0) - before.get("usec", {}).get(name, 0)) / n, 2
+            )
+            for name, n in top
+        },
         "excluded_harness_commands": sorted(set(delta) & HARNESS_COMMANDS),
         "redis_cpu_percent": round(100.0 * (after["cpu"] - before["cpu"]) / span, 2),
     }

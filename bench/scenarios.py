@@ -1,4 +1,5 @@
-"""The five scenarios of issue 4. Each returns a JSON-ready dict of its figures.
+"""The five scenarios of issue 4 (and the sizes of the results scenario of issue 8,
+``bench/resultspath.py``). Each returns a JSON-ready dict of its figures.
 
 Every scenario runs in its own namespace (``<run>-<scenario>[-<mode>]``), starts its own
 processes, stops them in reverse order and deletes the namespace's keys, even when it fails.
@@ -38,6 +39,9 @@ class Size:
     poll_timeout: int = 30
     connect_concurrency: int = 100
     settle: float = 2.0
+    drain: int = 0  # results scenario: results waiting when the writers start
+    kill_results: int = 0  # results scenario: results waiting in the kill -9 phase
+    visibility: float = 0.0  # results scenario: DISPATCHER_OUTBOX_VISIBILITY (0 = default)
 
 
 FULL: dict[str, Size] = {
@@ -52,6 +56,17 @@ FULL: dict[str, Size] = {
     "lostbell": Size(
         runners=200, pods=2, duration=12, rate=50, writers=1, kills=3, per_process=200
     ),
+    "results": Size(
+        runners=200,
+        pods=2,
+        duration=60,
+        writers=2,
+        producers=1,
+        per_process=100,
+        max_backlog=2000,
+        drain=50_000,
+        kill_results=20_000,
+    ),
 }
 
 QUICK: dict[str, Size] = {
@@ -62,6 +77,18 @@ QUICK: dict[str, Size] = {
     "idle": Size(runners=6, pods=2, duration=1.5, writers=0, per_process=6, settle=0.2),
     "connections": Size(runners=20, pods=1, writers=0, per_process=10, settle=0.5),
     "lostbell": Size(runners=4, pods=2, duration=3.0, rate=20, kills=1, per_process=4, settle=0.2),
+    "results": Size(
+        runners=4,
+        pods=2,
+        duration=1.5,
+        writers=2,
+        per_process=4,
+        max_backlog=50,
+        settle=0.2,
+        drain=400,
+        kill_results=5000,
+        visibility=2.0,
+    ),
 }
 
 

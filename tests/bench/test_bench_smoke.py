@@ -170,3 +170,100 @@ def test_chart_and_summary_are_written(run: dict[str, Any]) -> None:
     ):
         assert header in summary
     assert summary.count("| latency |") >= 3
+
+
+# -- the results scenario (issue 8): `python -m bench --quick --scenario results` -------------
+
+
+@pytest.fixture(scope="module")
+def results_run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench-results")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--scenario",
+            "results",
+            "--redis-url",
+            redis_url,
+            "--results-dir",
+            str(out),
+            "--summary",
+            "yes",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=110)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"the results scenario took over 110 s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    files = sorted(out.glob("bench-*.json"))
+    assert len(files) == 1, list(out.iterdir())
+    data: dict[str, Any] = json.loads(files[0].read_text())
+    data["_dir"] = str(out)
+    return data
+
+
+def test_results_scenario_runs_every_phase(results_run: dict[str, Any]) -> None:
+    assert results_run["errors"] == {}
+    assert set(results_run["scenarios"]) == {"results"}
+    r = results_run["scenarios"]["results"]
+    assert r["errors"] == {}
+    assert set(r["phases"]) == {"load", "drain", "postgres", "kill"}
+    figures = {row["figure"] for row in results_run["targets"]}
+    assert "processed ÷ acknowledged (load)" in figures
+    assert any(f.startswith("kill -9") for f in figures)
+
+
+def test_results_load_processes_what_runners_finished(results_run: dict[str, Any]) -> None:
+    load = results_run["scenarios"]["results"]["phases"]["load"]
+    assert load["acknowledged_per_s"] > 0
+    assert load["processed_per_s"] > 0
+    assert (load["duplicates"], load["unknown"]) == (0, 0)
+    assert load["caught_up"] is True  # every acknowledged result processed in the end
+    assert load["series"] and {"completed", "processed", "outbox", "rq_queue"} <= set(
+        load["series"][0]
+    )
+    _healthy(load)
+
+
+def test_results_drain_and_postgres_sink_finish(results_run: dict[str, Any]) -> None:
+    phases = results_run["scenarios"]["results"]["phases"]
+    drain = phases["drain"]
+    assert drain["done"] is True and drain["processed"] == drain["results"] > 0
+    pg = phases["postgres"]
+    if "skipped" in pg:  # no PostgreSQL answering: the phase says why
+        assert pg["skipped"]
+    else:
+        assert pg["done"] is True
+        assert pg["rows_written"] == pg["results"] == pg["processed"]
+
+
+def test_results_kill_recovers_the_killed_batch(results_run: dict[str, Any]) -> None:
+    k = results_run["scenarios"]["results"]["phases"]["kill"]
+    assert k["killed_batch_entries"] > 0
+    assert k["done"] is True  # every result, the killed batch's included, processed
+
+
+def test_results_cleanup_chart_and_summary(results_run: dict[str, Any], redis_url: str) -> None:
+    assert results_run["keys_left"] == 0
+    client = redis.Redis.from_url(redis_url)
+    try:
+        ns = results_run["namespace"]
+        assert list(client.scan_iter(match=f"{ns}*", count=1000)) == []
+        assert list(client.scan_iter(match=f"rq:*{ns}*", count=1000)) == []
+    finally:
+        client.close()
+    out = Path(results_run["_dir"])
+    png = out / Path(results_run["files"]["png"]).name
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "SUMMARY.md").read_text()
+    assert "<!-- bench:results:start -->" in summary and "## 6. Results path" in summary
