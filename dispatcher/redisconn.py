@@ -13,11 +13,18 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 SOCKET_TIMEOUT = 10.0  # s: a command without a reply this long fails (then retried by its caller)
 CONNECT_TIMEOUT = 5.0  # s to establish a connection
 HEALTH_CHECK_INTERVAL = 30  # s idle before a connection is PINGed on its next use
 
+# A pooled connection that died while idle (Redis restarted, CLIENT KILL, a proxy cut it) fails
+# on its next use with a ConnectionError before the command reached Redis: that command is sent
+# once more on a fresh connection. Only connection errors: a command that timed out may have run.
+# (Every function is safe to see twice: fenced, compare-and-set, or idempotent by id.)
 _COMMAND_OPTIONS: dict[str, Any] = {
     "socket_timeout": SOCKET_TIMEOUT,
     "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -26,16 +33,25 @@ _COMMAND_OPTIONS: dict[str, Any] = {
 }
 
 
+def _retry_once() -> Retry:
+    return Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+
+def _async_retry_once() -> AsyncRetry:
+    return AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+
 def sync_client(url: str, **options: Any) -> redis.Redis:
     """A blocking client for commands (not for pub/sub or rq's blocking pops)."""
-    return redis.Redis.from_url(url, **{**_COMMAND_OPTIONS, **options})
+    return redis.Redis.from_url(url, **{**_COMMAND_OPTIONS, "retry": _retry_once(), **options})
 
 
 def async_pool(url: str, max_connections: int, timeout: float, **options: Any) -> Any:
     """A blocking asyncio pool: a burst queues for a connection (``timeout`` s) instead of
     failing past ``max_connections``."""
+    settings = {**_COMMAND_OPTIONS, "retry": _async_retry_once(), **options}
     return redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=timeout, **{**_COMMAND_OPTIONS, **options}
+        url, max_connections=max_connections, timeout=timeout, **settings
     )
 
 
