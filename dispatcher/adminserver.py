@@ -56,14 +56,17 @@ class AdminListener:
 
 async def start_listener(registry: CollectorRegistry, host: str, port: int) -> AdminListener:
     """Serve ``registry`` on ``host:port`` (port 0: any free port; ``.port`` says which)."""
+    return await start_app(metrics_app(registry), host, port)
+
+
+async def start_app(app: Starlette, host: str, port: int) -> AdminListener:
+    """Serve ``app`` in the running loop on ``host:port`` (0: any free port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        metrics_app(registry), lifespan="off", log_level="warning", access_log=False
-    )
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="admin")
     while not server.started and not task.done():
