@@ -21,7 +21,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def scrape(port: int) -> dict:
+async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     async with httpx.AsyncClient() as http:
         response = await http.get(f"http://127.0.0.1:{port}/metrics")
     assert response.status_code == 200
