@@ -39,7 +39,7 @@ class Settings:
     pod_ttl: float = 15.0
     job_retention: float = 7 * 24 * 3600
     linger: float = 5.0
-    ws_compression: bool = True
+    ws_compression: bool = False
     # -- results path (outbox -> rq batches -> writers -> sinks)
     result_batch_size: int = 256
     outbox_visibility: float = 10.0

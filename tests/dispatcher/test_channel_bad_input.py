@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
 import pytest
+import websockets
 
 from tests.dispatcher.support import (
     SPEC,
@@ -205,14 +207,18 @@ async def test_ready_twice_in_a_row_closes_1008(pod, settings, rclient, keys):
 async def test_default_size_limit_is_4_mib(pod, settings, rclient, keys):
     runner, job_id = await job_in_flight(pod, settings, rclient, keys)
     before = state_of(rclient, keys, job_id, "r1")
-    await runner.send(
-        "completed",
-        job=job_id,
-        attempt=1,
-        exit_code=0,
-        results=None,
-        stdout="z" * (4 * 1024 * 1024),
-    )
+    # Without compression the pod sees the frame's length in its header and closes with 1009
+    # while the runner is still writing it: the send itself may fail then. The close code the
+    # runner received is what the protocol promises, whichever side notices first.
+    with contextlib.suppress(websockets.ConnectionClosed, ConnectionResetError):
+        await runner.send(
+            "completed",
+            job=job_id,
+            attempt=1,
+            exit_code=0,
+            results=None,
+            stdout="z" * (4 * 1024 * 1024),
+        )
     await assert_closed_without_change(runner, rclient, keys, job_id, before, 1009)
 
 

@@ -49,6 +49,6 @@ def test_bad_values_are_refused_with_a_clear_message(env, message):
         Settings.from_env(env)
 
 
-def test_compression_is_on_by_default_and_can_be_switched_off():
-    assert Settings.from_env({}).ws_compression is True
-    assert Settings.from_env({"DISPATCHER_WS_COMPRESSION": "off"}).ws_compression is False
+def test_compression_is_off_by_default_and_can_be_switched_on():
+    assert Settings.from_env({}).ws_compression is False
+    assert Settings.from_env({"DISPATCHER_WS_COMPRESSION": "on"}).ws_compression is True
