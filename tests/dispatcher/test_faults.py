@@ -12,7 +12,9 @@ import dataclasses
 import time
 
 import httpx
+import websockets
 
+from dispatcher.pod import REDIS_POOL_SIZE
 from tests.dispatcher.support import (
     SPEC,
     cancel,
@@ -125,6 +127,19 @@ async def test_cancel_is_pushed_after_the_pubsub_connection_is_killed(pod, setti
     await expect_cancel(runner, job_id, 1, "canceled", timeout=MARGIN)
 
 
+async def reconnect_through_503(pod, name, token):
+    """Connect as a runner agent does: a handshake refused 503 ("storage unavailable") is tried
+    again. Every pooled connection of the pod was killed, and each one costs one failed command
+    (how many the pool held depends on timing), so the first handshakes may meet a dead one."""
+    for _ in range(REDIS_POOL_SIZE + 1):
+        try:
+            return await connect(pod, name, token)
+        except websockets.exceptions.InvalidStatus as exc:
+            assert exc.response.status_code == 503, exc.response
+            await asyncio.sleep(0.05)
+    raise AssertionError("the pod never recovered its Redis connections")
+
+
 async def test_dropped_redis_connections_of_the_pod_lose_no_job(pod, settings, rclient, keys):
     """A Redis connection error closes the socket with 1011 or is retried; nothing is half-done."""
     token = add_runner(settings, "r1", [SPEC])
@@ -144,7 +159,7 @@ async def test_dropped_redis_connections_of_the_pod_lose_no_job(pod, settings, r
         assert reply == {"event": "ack", "job": job_id, "of": "heartbeat"}
     else:
         assert closed is not None and closed[0] == 1011, closed
-        runner = await connect(pod, "r1", token)
+        runner = await reconnect_through_503(pod, "r1", token)
         await start_job(runner, job)
     await runner.send("completed", job=job_id, attempt=1, exit_code=0, results=None)
     await expect_ack(runner, job_id, "completed")
