@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dispatcher.session import State
@@ -63,15 +63,13 @@ def pod_families(view: dict[str, Any]) -> list[Metric]:
         "1 while this pod's doorbell subscription is live (or the pod polls)",
         value=1 if view["doorbell_live"] else 0,
     )
-    families: list[Metric] = [connections, sockets, live]
+    probe_age = GaugeMetricFamily(
+        "dispatcher_doorbell_probe_age_seconds",
+        "Seconds since this pod's last doorbell probe came back (absent until the first)",
+    )
     if view["probe_age"] is not None:
-        families.append(
-            GaugeMetricFamily(
-                "dispatcher_doorbell_probe_age_seconds",
-                "Seconds since this pod's last doorbell probe came back",
-                value=view["probe_age"],
-            )
-        )
+        probe_age.add_metric([], view["probe_age"])
+    families: list[Metric] = [connections, sockets, live, probe_age]
     families.append(
         GaugeMetricFamily(
             "dispatcher_draining",
@@ -79,7 +77,7 @@ def pod_families(view: dict[str, Any]) -> list[Metric]:
             value=int(view["stopping"]),
         )
     )
-    guard = GaugeMetricFamily(
+    guard = CounterMetricFamily(
         "dispatcher_guard_refusals",
         "Connections the HTTP guard refused before the handshake (400/408/414/431/503)",
         value=view["guard_refusals"],
