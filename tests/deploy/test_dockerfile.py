@@ -68,8 +68,15 @@ def test_entry_points_exist() -> None:
         assert name in text  # the build stage checks each one runs
     cmd = [rest for word, rest in stages()[-1] if word == "CMD"]
     assert cmd and cmd[-1].startswith('["dispatcher", "serve"')
-    # what the build copies is what the package is made of
-    for word, rest in stages()[0]:
-        if word == "COPY":
-            for source in rest.split()[:-1]:
-                assert (ROOT / source).exists(), source
+    # the build copies the repository; the ignore file must not hide a package or pyproject
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / "deploy" / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = [p.rstrip("*") for p in find["packages"]["find"]["include"]]
+    assert packages
+    for name in [*packages, "pyproject.toml", "README.md"]:
+        assert name not in ignored, name
+    assert "tests" in ignored and ".git" in ignored and ".venv" in ignored
