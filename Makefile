@@ -26,7 +26,7 @@ up: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check dispatcher worker_bridge runner tests bench
+	$(BIN)/ruff format --check dispatcher worker_bridge runner dispatch_protocol tests bench
 	$(BIN)/mypy
 
 test: lint

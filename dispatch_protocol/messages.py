@@ -1,4 +1,4 @@
-"""The wire messages of the runner channel (PROTOCOL.md, version 1) as one msgspec tagged union.
+"""The wire messages of the runner channel (docs/protocol.md) as one msgspec tagged union.
 
 Theory of operation: every frame is a JSON object whose ``event`` field names its type. Each type
 is a small frozen Struct; the base class sets the tag field once. Decoders and the encoder are built
@@ -7,7 +7,7 @@ and new peers keep talking. A frame that fails to decode maps to close code 1007
 decides that; this module only raises ``msgspec.ValidationError``/``DecodeError``).
 
 This module imports nothing but msgspec and the standard library, so the runner agent can use it
-without the server's dependencies.
+without the server's dependencies (the ``dispatch-runner`` distribution ships it with the runner).
 """
 
 from __future__ import annotations

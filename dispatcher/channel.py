@@ -18,7 +18,8 @@ import redis
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from dispatcher import functions, messages
+from dispatch_protocol import messages
+from dispatcher import functions
 from dispatcher.errors import NotFound, ProtocolError
 from dispatcher.forwarded import UNKNOWN, client_address
 from dispatcher.pod import CLOSE_GOING_AWAY, CLOSE_REVOKED, Pod

@@ -18,7 +18,8 @@ from typing import Any
 
 import redis.asyncio
 
-from dispatcher import functions, messages
+from dispatch_protocol import messages
+from dispatcher import functions
 from dispatcher.keys import Keys
 from dispatcher.session import Event, State
 from dispatcher.settings import Settings

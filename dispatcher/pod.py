@@ -20,7 +20,8 @@ import msgspec
 import redis
 import redis.asyncio
 
-from dispatcher import functions, messages, redisconn
+from dispatch_protocol import messages
+from dispatcher import functions, redisconn
 from dispatcher.doorbell import PROBE, Doorbell
 from dispatcher.durability import Durability
 from dispatcher.keys import Keys

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from dispatcher import messages
+from dispatch_protocol import messages
 from dispatcher.session import Event, Session, State
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from dispatcher.messages import decode_server_message
+from dispatch_protocol.messages import decode_server_message
 from runner import __version__
 from runner.events import ConnectFailed, ConnectionLost, Input, MessageReceived
 

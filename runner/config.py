@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from dispatcher.messages import DEFAULT_POLL_TIMEOUT
+from dispatch_protocol.messages import DEFAULT_POLL_TIMEOUT
 from runner.channel import channel_url
 from runner.executor import DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_CAP
 from runner.jobuser import JobUser

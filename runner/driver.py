@@ -42,7 +42,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from dispatcher.messages import Job, RunnerInfo, RunnerMessage, Terminal, encode
+from dispatch_protocol.messages import Job, RunnerInfo, RunnerMessage, Terminal, encode
 from runner import __version__
 from runner.backoff import Backoff
 from runner.channel import connect_failure, open_channel, read_messages

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.messages import Job, RunnerMessage, ServerMessage, Terminal
+from dispatch_protocol.messages import Job, RunnerMessage, ServerMessage, Terminal
 
 # -- inputs -----------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from dispatcher.messages import Job
+from dispatch_protocol.messages import Job
 from runner.events import JobOutcome
 from runner.jobuser import JobUser, job_environment, reach_problem
 from runner.procgroup import ProcessGroup, describe

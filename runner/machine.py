@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from dispatcher.messages import (
+from dispatch_protocol.messages import (
     DEFAULT_POLL_TIMEOUT,
     Ack,
     Cancel,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from dispatcher.messages import Canceled, Completed, Failed, Job, Terminal
+from dispatch_protocol.messages import Canceled, Completed, Failed, Job, Terminal
 from runner.events import JobOutcome
 
 CancelCause = Literal["server", "drain"]

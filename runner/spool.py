@@ -28,7 +28,7 @@ from types import TracebackType
 
 import msgspec
 
-from dispatcher.messages import Job, Terminal
+from dispatch_protocol.messages import Job, Terminal
 from runner.procgroup import ProcessGroup
 
 log = logging.getLogger(__name__)

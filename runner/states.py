@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
-from dispatcher.messages import Ack, Cancel, Job, NoJob
+from dispatch_protocol.messages import Ack, Cancel, Job, NoJob
 from runner.events import (
     Connected,
     ConnectFailed,

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from dispatcher import messages
+from dispatch_protocol import messages
 
 JOB_EVENTS = ("running", "heartbeat", "completed", "failed", "canceled")
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher import messages
+from dispatch_protocol import messages
 from tests.dispatcher.fuzzkit import Close, FrameMaker, Reply, expected
 from tests.dispatcher.logkit import pod_logs
 from tests.dispatcher.nsstate import snapshot

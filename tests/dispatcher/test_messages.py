@@ -7,7 +7,7 @@ import sys
 import msgspec
 import pytest
 
-from dispatcher import messages as m
+from dispatch_protocol import messages as m
 
 JOB = "6f1c1c8e-1111-4444-8888-123456789abc"
 
@@ -89,7 +89,7 @@ def test_malformed_frames_are_decode_errors(text):
 
 def test_the_module_imports_only_msgspec_and_the_standard_library():
     code = (
-        "import sys; import dispatcher.messages; "
+        "import sys; import dispatch_protocol.messages; "
         "bad = [n for n in ('redis', 'rq', 'starlette', 'uvicorn') if n in sys.modules]; "
         "print(','.join(bad))"
     )

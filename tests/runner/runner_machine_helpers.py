@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dispatcher.messages import (
+from dispatch_protocol.messages import (
     Ack,
     AckOf,
     Cancel,

@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from dispatcher.messages import (
+from dispatch_protocol.messages import (
     Ack,
     Cancel,
     Canceled,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.messages import Job
+from dispatch_protocol.messages import Job
 from runner.events import JobOutcome
 from runner.executor import Executor, ExecutorConfig, TailBuffer
 

@@ -11,7 +11,7 @@ import random
 import pytest
 from msgspec.structs import replace
 
-from dispatcher.messages import Canceled, Completed, Failed, Ready
+from dispatch_protocol.messages import Canceled, Completed, Failed, Ready
 from runner.backoff import Backoff
 from runner.events import (
     CancelJob,

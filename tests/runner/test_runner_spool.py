@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.messages import Canceled, Completed, Failed, Job, Terminal
+from dispatch_protocol.messages import Canceled, Completed, Failed, Job, Terminal
 from runner.spool import CURRENT_FILE, RESULT_FILE, CurrentJob, Spool, SpoolLocked
 
 J1 = "11111111-1111-4111-8111-111111111111"

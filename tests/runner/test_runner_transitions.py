@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dispatcher.messages import Canceled, Failed
+from dispatch_protocol.messages import Canceled, Failed
 from runner.events import (
     CancelJob,
     Close,
