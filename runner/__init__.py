@@ -17,13 +17,22 @@ Layout (one concept per module):
 - ``driver``: the asyncio ``Agent`` that feeds the machine and performs its effects;
 - ``logs``/``cli``: logging setup and the ``dispatch-runner`` command.
 
-Nothing here imports the server's dependencies (starlette, uvicorn, redis, rq): the runner installs
-with ``pip install '.[runner]'`` and needs only websockets, msgspec and ``dispatcher.messages``.
+Nothing here imports the server's dependencies (starlette, uvicorn, redis, rq): the runner needs
+only websockets, msgspec and the wire messages (``dispatch_protocol``). It installs alone as the
+``dispatch-runner`` distribution (``pip install ./packages/dispatch-runner``); the server's
+distribution, ``redis-dispatcher``, contains it too.
 """
 
 from importlib import metadata
 
-try:
-    __version__ = metadata.version("redis-dispatcher")
-except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+
+def _version() -> str:
+    for distribution in ("dispatch-runner", "redis-dispatcher"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "0.0.0+unknown"  # running from a source tree that was never installed
+
+
+__version__ = _version()
