@@ -1,8 +1,17 @@
 """Typed calls of the Redis Function library (``lua/dispatch.lua``), free of I/O.
 
-Each builder returns a ``Call``: the function name, its arguments and a parser for its reply. The
-sync and async executors at the bottom run a call on a redis-py client, loading (or upgrading) the
-library when Redis does not know the function yet, so a fresh Redis needs no setup step.
+Each builder returns a ``Call``: the function name, the keys it declares, its arguments and a
+parser for its reply. The sync and async executors at the bottom run a call on a redis-py client,
+loading (or upgrading) the library when Redis does not know the function yet, so a fresh Redis
+needs no setup step.
+
+Calling convention: ``FCALL name numkeys key... arg...``. The declared keys are every key the call
+touches that can be named from its arguments (built by ``Keys``); a cluster client routes the call
+by them, and Redis Cluster checks they are served by the node. The Lua functions still build every
+name from the namespace in ARGV[1] and ignore KEYS, so a producer in another language may call
+them with numkeys 0 on a standalone Redis. Keys found at run time (the jobs of a queue, the runners
+of an idle set) are not declared: with a hash-tagged namespace they share the declared keys' slot,
+and Redis Cluster lets a function touch undeclared keys of the slot it runs for.
 """
 
 from __future__ import annotations
@@ -26,11 +35,18 @@ LIBRARY_SOURCE = resources.files("dispatcher").joinpath("lua/dispatch.lua").read
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One FCALL: ``name`` with numkeys 0 and ``args``; ``parse`` turns the reply into a value."""
+    """One FCALL: ``name`` with its declared ``keys`` and ``args``; ``parse`` turns the reply into
+    a value."""
 
     name: str
+    keys: tuple[str, ...]
     args: tuple[str | int | float, ...]
     parse: Callable[[Any], T]
+
+    @property
+    def keys_and_args(self) -> tuple[str | int | float, ...]:
+        """What FCALL takes after the function name and numkeys: the keys, then ARGV."""
+        return (*self.keys, *self.args)
 
 
 def _fn(name: str) -> str:
@@ -58,6 +74,10 @@ def _opt(value: str | None) -> str:
 # -- producer and registry ----------------------------------------------------------------------
 
 
+def _spec_keys(keys: Keys, spec: str) -> tuple[str, ...]:
+    return (keys.pending(spec), keys.idle(spec))
+
+
 def submit(
     keys: Keys,
     job_id: str,
@@ -67,39 +87,78 @@ def submit(
     timeout: float,
     max_attempts: int,
 ) -> Call[str]:
+    job = (keys.job(job_id),) if job_id else ()  # '' = the function makes up the id
+    declared = (
+        *job,
+        keys.seq,
+        keys.specs,
+        *_spec_keys(keys, spec),
+        keys.leases,
+        keys.config,
+        keys.stats,
+        keys.events,
+    )
     return Call(
         _fn("submit"),
+        declared,
         (keys.namespace, job_id, spec, payload, priority, timeout, max_attempts),
         _text,
     )
 
 
 def cancel(keys: Keys, job_id: str, reason: str = "canceled") -> Call[bool]:
-    return Call(_fn("cancel"), (keys.namespace, job_id, reason), lambda r: bool(int(r)))
+    declared = (keys.job(job_id), keys.leases, keys.outbox, keys.stats, keys.events)
+    return Call(_fn("cancel"), declared, (keys.namespace, job_id, reason), lambda r: bool(int(r)))
 
 
 def runner_add(keys: Keys, name: str, token_hash: str, specs: list[str]) -> Call[int]:
-    return Call(_fn("runner_add"), (keys.namespace, name, token_hash, json.dumps(specs)), _int)
+    declared = (keys.runner(name), keys.runners, keys.specs, keys.events)
+    args = (keys.namespace, name, token_hash, json.dumps(specs))
+    return Call(_fn("runner_add"), declared, args, _int)
 
 
 def runner_revoke(keys: Keys, name: str) -> Call[int]:
-    return Call(_fn("runner_revoke"), (keys.namespace, name), _int)
+    declared = (keys.runner(name), keys.runners, keys.events)
+    return Call(_fn("runner_revoke"), declared, (keys.namespace, name), _int)
 
 
 def runner_rotate(keys: Keys, name: str, token_hash: str) -> Call[bool]:
     """Replace a runner's token hash; True when a live connection was told to close (4001)."""
-    return Call(_fn("runner_rotate"), (keys.namespace, name, token_hash), lambda r: bool(int(r)))
+    declared = (keys.runner(name), keys.events)
+    args = (keys.namespace, name, token_hash)
+    return Call(_fn("runner_rotate"), declared, args, lambda r: bool(int(r)))
 
 
 # -- results path ---------------------------------------------------------------------------------
 
 
 def pump(
-    keys: Keys, max_entries: int, visibility_ms: int, sink_visibility_ms: int, max_queued: int
+    keys: Keys,
+    max_entries: int,
+    visibility_ms: int,
+    sink_visibility_ms: int,
+    max_queued: int,
+    queued: dict[str, int] | None = None,
 ) -> Call[dict[str, Any]]:
-    """Hand out due outbox and sink box entries (re-scored, not removed) for rq batches."""
-    args = (keys.namespace, max_entries, visibility_ms, sink_visibility_ms, max_queued)
-    return Call(_fn("pump"), args, _json)
+    """Hand out due outbox and sink box entries (re-scored, not removed) for rq batches.
+
+    ``queued``: the lengths of the rq queues, measured by the caller where they live on another
+    Redis ('results' and one entry per sink name; a sink not named counts as empty). Without it
+    the function reads them itself (``LLEN``), so they must live in the namespace's Redis (and, on
+    a cluster, in its slot)."""
+    args: tuple[str | int, ...] = (
+        keys.namespace,
+        max_entries,
+        visibility_ms,
+        sink_visibility_ms,
+        max_queued,
+    )
+    declared: tuple[str, ...] = (keys.outbox, keys.sinks)
+    if queued is None:
+        declared += (Keys.rq_queue(keys.results_queue),)
+    else:
+        args += (json.dumps(queued),)
+    return Call(_fn("pump"), declared, args, _json)
 
 
 def record(
@@ -107,8 +166,18 @@ def record(
 ) -> Call[list[tuple[str, bool]]]:
     """Record a batch of outbox entries; per entry (status afterwards, whether this call changed
     it)."""
+    jobs = dict.fromkeys(keys.job(entry.rpartition(":")[0] or entry) for entry in entries)
+    declared = (
+        keys.outbox,
+        *jobs,
+        keys.stats,
+        keys.events,
+        keys.sinks,
+        *(keys.sinkbox(sink) for sink in sinks),
+    )
     return Call(
         _fn("record"),
+        declared,
         (keys.namespace, retention_s, json.dumps(sinks), *entries),
         _pairs,
     )
@@ -122,37 +191,50 @@ def _pairs(reply: Any) -> list[tuple[str, bool]]:
 # -- pod side -----------------------------------------------------------------------------------
 
 
+# what every job-scoped runner message may change: the job, its runner, the leases, the log
+def _job_keys(keys: Keys, runner: str, job_id: str) -> tuple[str, ...]:
+    return (keys.runner(runner), keys.job(job_id), keys.leases, keys.config, keys.events)
+
+
 def attach(keys: Keys, runner: str, pod: str) -> Call[dict[str, Any]]:
-    return Call(_fn("attach"), (keys.namespace, runner, pod), _json)
+    declared = (keys.runner(runner), keys.pod_runners(pod))
+    return Call(_fn("attach"), declared, (keys.namespace, runner, pod), _json)
 
 
 def detach(keys: Keys, runner: str, pod: str, conn: int) -> Call[int]:
-    return Call(_fn("detach"), (keys.namespace, runner, pod, conn), _int)
+    declared = (keys.runner(runner), keys.pod_runners(pod))
+    return Call(_fn("detach"), declared, (keys.namespace, runner, pod, conn), _int)
 
 
 def ready(
     keys: Keys, runner: str, conn: int, info: str, mode: str = "wait"
 ) -> Call[dict[str, Any]]:
     """``mode`` 'wait' enters the idle sets when nothing is pending; 'try' only looks."""
-    return Call(_fn("ready"), (keys.namespace, runner, conn, info, mode), _json)
+    declared = (keys.runner(runner), keys.leases, keys.config, keys.outbox, keys.stats, keys.events)
+    return Call(_fn("ready"), declared, (keys.namespace, runner, conn, info, mode), _json)
 
 
 def poll_end(keys: Keys, runner: str, conn: int, *, release: bool = False) -> Call[dict[str, Any]]:
     """``release``: a job assigned meanwhile goes back to the queue instead of being offered."""
     mode = "release" if release else "offer"
-    return Call(_fn("poll_end"), (keys.namespace, runner, conn, mode), _json)
+    declared = (keys.runner(runner), keys.leases, keys.config, keys.stats, keys.events)
+    return Call(_fn("poll_end"), declared, (keys.namespace, runner, conn, mode), _json)
 
 
 def observe(keys: Keys, pod: str, runner: str, local_job: str) -> Call[dict[str, Any]]:
-    return Call(_fn("observe"), (keys.namespace, pod, runner, local_job), _json)
+    job = (keys.job(local_job),) if local_job else ()
+    declared = (keys.pod_inbox(pod), keys.runner(runner), *job)
+    return Call(_fn("observe"), declared, (keys.namespace, pod, runner, local_job), _json)
 
 
 def start(keys: Keys, runner: str, job_id: str, attempt: int) -> Call[dict[str, Any]]:
-    return Call(_fn("start"), (keys.namespace, runner, job_id, attempt), _json)
+    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats)
+    return Call(_fn("start"), declared, (keys.namespace, runner, job_id, attempt), _json)
 
 
 def heartbeat(keys: Keys, runner: str, job_id: str, attempt: int) -> Call[dict[str, Any]]:
-    return Call(_fn("heartbeat"), (keys.namespace, runner, job_id, attempt), _json)
+    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats)
+    return Call(_fn("heartbeat"), declared, (keys.namespace, runner, job_id, attempt), _json)
 
 
 def finish(
@@ -169,8 +251,10 @@ def finish(
     error: str,
 ) -> Call[dict[str, Any]]:
     code = None if exit_code is None else str(exit_code)
+    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats)
     return Call(
         _fn("finish"),
+        declared,
         (
             keys.namespace,
             runner,
@@ -188,11 +272,23 @@ def finish(
 
 
 def tick(keys: Keys, pod: str, pod_ttl_ms: int, max_reap: int = 100) -> Call[dict[str, Any]]:
-    return Call(_fn("tick"), (keys.namespace, pod, pod_ttl_ms, max_reap), _json)
+    declared = (
+        keys.pods,
+        keys.pod_runners(pod),
+        keys.pod_inbox(pod),
+        keys.leases,
+        keys.config,
+        keys.outbox,
+        keys.sinks,
+        keys.stats,
+        keys.events,
+    )
+    return Call(_fn("tick"), declared, (keys.namespace, pod, pod_ttl_ms, max_reap), _json)
 
 
 def pod_stop(keys: Keys, pod: str) -> Call[int]:
-    return Call(_fn("pod_stop"), (keys.namespace, pod), _int)
+    declared = (keys.pods, keys.pod_runners(pod), keys.pod_inbox(pod))
+    return Call(_fn("pod_stop"), declared, (keys.namespace, pod), _int)
 
 
 # -- executors ----------------------------------------------------------------------------------
@@ -226,12 +322,12 @@ def run_sync(client: redis.Redis, call: Call[T]) -> T:
     """Run ``call``, loading the library first if Redis lacks it."""
     try:
         try:
-            reply = client.fcall(call.name, 0, *call.args)
+            reply = client.fcall(call.name, len(call.keys), *call.keys_and_args)
         except redis.ResponseError as exc:
             if not _missing_function(exc):
                 raise
             load_library_sync(client)
-            reply = client.fcall(call.name, 0, *call.args)
+            reply = client.fcall(call.name, len(call.keys), *call.keys_and_args)
     except redis.ResponseError as exc:
         raise _translate(exc) from None
     return call.parse(reply)
@@ -245,7 +341,7 @@ async def run_then(
     raised."""
     for attempt in (1, 2):
         async with client.pipeline(transaction=False) as pipe:
-            pipe.fcall(call.name, 0, *call.args)
+            pipe.fcall(call.name, len(call.keys), *call.keys_and_args)
             pipe.execute_command(*command)
             reply, after = await pipe.execute(raise_on_error=False)
         if isinstance(reply, redis.ResponseError):
@@ -263,12 +359,12 @@ async def run(client: redis.asyncio.Redis, call: Call[T]) -> T:
     """Run ``call``, loading the library first if Redis lacks it."""
     try:
         try:
-            reply = await client.fcall(call.name, 0, *call.args)
+            reply = await client.fcall(call.name, len(call.keys), *call.keys_and_args)
         except redis.ResponseError as exc:
             if not _missing_function(exc):
                 raise
             await load_library(client)
-            reply = await client.fcall(call.name, 0, *call.args)
+            reply = await client.fcall(call.name, len(call.keys), *call.keys_and_args)
     except redis.ResponseError as exc:
         raise _translate(exc) from None
     return call.parse(reply)

@@ -10,9 +10,16 @@ told by adding the runner to the pod's inbox SET and PUBLISHing the runner name 
 channel. The PUBLISH is only a hint: pods re-read their inbox on every (re)subscribe and on a
 reconcile tick, so a lost message costs latency, never a job.
 
-Calling convention: every function takes numkeys = 0 and the namespace as ARGV[1]; key names are
-built below from the namespace exactly as `dispatcher/keys.py` builds them (a test pins the two
-together). Times are the Redis server's clock in milliseconds (the server never trusts a runner's
+Calling convention: `FCALL name numkeys key... arg...` with the namespace as ARGV[1]. The caller
+declares as KEYS every key the call touches that can be named from its arguments (each function's
+header lists them under "Keys:"; `dispatcher/functions.py` builds them), so a cluster client
+routes the call and Redis Cluster checks the node serves them. The functions themselves never read
+KEYS: every key name is built below from the namespace exactly as `dispatcher/keys.py` builds it (a
+test pins the two together), so numkeys 0 keeps working on a standalone Redis (producers in other
+languages). Keys found at run time (jobs of a queue, runners of an idle set, sinks) are undeclared:
+with a hash-tagged namespace ('{name}') every key and channel of the namespace shares one hash
+slot, and Redis Cluster (checked on 7.0) lets a function touch undeclared keys of the slot it runs
+for; a key of another slot is an error there. Times are the Redis server's clock in milliseconds (the server never trusts a runner's
 clock, and pods share one clock this way). Replies are JSON texts unless said otherwise.
 
 Job status: pending -> claimed -> running -> completed -> processed, or failed / canceled.
@@ -350,7 +357,8 @@ end
 --[[ dispatch_v2_submit
 ARGV: ns, job_id ('' = generate a UUID), spec, payload (JSON text), priority (integer),
       timeout (seconds > 0), max_attempts (integer >= 1)
-Keys: job, seq, specs, pending:<spec> or (idle:<spec>, runner, leases, pod inbox/bell), stats, events
+Keys: job (when the id is given), seq, specs, pending:<spec>, idle:<spec>, leases, config, stats,
+      events; found at run time: the runner picked and its pod's inbox/bell, pods.
 Reply: the job id (plain string). Errors on invalid input, changing nothing.
 Invariant: the job is either in its spec's pending set or claimed by exactly one idle runner on a
 live pod, decided in this one call. Idempotent for a given id: the same id with the same spec,
@@ -407,6 +415,8 @@ end
 
 --[[ dispatch_v2_cancel
 ARGV: ns, job_id, reason ('canceled' by default)
+Keys: job, leases, outbox, stats, events; found at run time: pending:<spec>, the runner and its
+      pod's inbox/bell; publishes on done.
 Reply: 1 when this call canceled the job, 0 when it was already final. Error when unknown.
 Invariant: a pending job leaves its queue; a claimed/running one frees its runner and its pod is
 told to push `cancel`; the status is `canceled` at once.
@@ -427,6 +437,7 @@ end
 
 --[[ dispatch_v2_runner_add
 ARGV: ns, name, token_sha256_hex, specs (JSON list of spec strings)
+Keys: runner:<name>, runners, specs, events
 Reply: 1. Error when the name exists or a spec is invalid.
 ]]
 local function runner_add(keys, args)
@@ -455,6 +466,8 @@ end
 
 --[[ dispatch_v2_runner_revoke
 ARGV: ns, name
+Keys: runner:<name>, runners, events; found at run time: idle:<spec> of its specs, its pod's
+      runners/inbox/bell.
 Reply: 1, or error when unknown. Invariant: the runner leaves every idle set; its token stops
 working; the pod holding it is told (it closes the socket with 4001). A job in flight keeps its
 lease and is reaped like any job whose runner vanished.
@@ -481,6 +494,8 @@ end
 
 --[[ dispatch_v2_attach
 ARGV: ns, runner, pod
+Keys: runner:<runner>, pod:<pod>:runners; found at run time: idle:<spec> of its specs, the previous
+      pod's runners/inbox/bell.
 Reply: {"conn": generation, "job": id or "", "attempt": n or null}; error when unknown.
 Invariant: the runner's record names exactly one live connection (pod + generation); a previous
 connection on another pod is told through that pod's inbox (it closes with 4002).
@@ -505,6 +520,7 @@ end
 
 --[[ dispatch_v2_detach
 ARGV: ns, runner, pod, conn
+Keys: runner:<runner>, pod:<pod>:runners; found at run time: idle:<spec> of its specs.
 Reply: 1 when this connection was the runner's current one, else 0.
 Invariant: a job in flight keeps its lease (the runner may re-attach elsewhere).
 ]]
@@ -526,6 +542,8 @@ end
 
 --[[ dispatch_v2_ready
 ARGV: ns, runner, conn, info (JSON object or ''), mode ('wait' by default, or 'try')
+Keys: runner:<runner>, leases, config, outbox, stats, events; found at run time: pending:<spec> and
+      idle:<spec> of its specs, the job it gets or held (rule 1) and what re-queuing that touches.
 Reply: {"result": "job", ...offer} | {"result": "idle"} | {"result": "none"} (mode 'try') |
 {"result": "stale"} (not the current connection).
 Invariant: the runner either gets the best pending job over its specs (priority, then age) or, in
@@ -557,6 +575,8 @@ end
 
 --[[ dispatch_v2_poll_end
 ARGV: ns, runner, conn, mode ('offer' by default, or 'release')
+Keys: runner:<runner>, leases, config, stats, events; found at run time: idle:<spec> of its specs,
+      the job it holds and what re-queuing that touches.
 Reply: {"result": "job", ...offer} when a job was assigned a moment earlier (mode 'offer'), or
 {"result": "released"} when such a job went back to the queue (mode 'release': the pod cannot
 send it, the runner did not ask), else {"result": "none"} or {"result": "stale"}.
@@ -588,6 +608,8 @@ end
 
 --[[ dispatch_v2_observe
 ARGV: ns, pod, runner, local_job ('' when the connection has none)
+Keys: pod:<pod>:inbox, runner:<runner>, job:<local_job> (when given); found at run time: the job
+      the runner holds.
 Reply: {"exists", "conn", "pod", "polling" (in the idle sets),
         "offer" (a claimed job waiting for this runner, or null),
         "local": {"status", "attempt", "runner", "cancel_reason"} of local_job or null}
@@ -628,6 +650,8 @@ end
 
 --[[ dispatch_v2_start
 ARGV: ns, runner, job, attempt
+Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats (the last two when past
+      timeout + grace the job is canceled); publishes on done.
 Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
 Invariant: only the runner holding the job's current attempt can start it or re-attach to it;
 a running job's lease and the runner record (busy, this job) are renewed.
@@ -658,6 +682,7 @@ end
 
 --[[ dispatch_v2_heartbeat
 ARGV: ns, runner, job, attempt
+Keys: as dispatch_v2_start.
 Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
 Invariant: extends the lease of a running job owned by this runner and attempt; a claimed job is
 left as it is (it still has to send `running`); past timeout + grace the job is canceled.
@@ -683,6 +708,7 @@ end
 ARGV: ns, runner, job, attempt, status (completed|failed|canceled), then four optional values
       exit_code, results (JSON text), stdout, stderr, each '' when absent or '=' + the value,
       then error (text).
+Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats; publishes on done.
 Reply: {"result": "recorded"|"duplicate"|"stale"|"unknown", "status": current status,
         "override": true when a `completed` replaced a lease-expiry failure of the same attempt}.
 Invariant: the first terminal state of an attempt wins (fenced by job + attempt + runner), except
@@ -717,9 +743,13 @@ local function split_entry(entry)
 end
 
 --[[ dispatch_v2_pump
-ARGV: ns, max_entries (per box), visibility_ms (outbox), sink_visibility_ms, max_queued
-Keys: outbox, sinks, sinkbox:<sink> for each sink; reads rq:queue:<ns>:results and
-      rq:queue:<ns>:sink:<sink> (their lengths).
+ARGV: ns, max_entries (per box), visibility_ms (outbox), sink_visibility_ms, max_queued, and
+      optionally queued: a JSON object {"results": n, "<sink>": n...} of the rq queues' lengths,
+      measured by the caller where the rq queues live on another Redis (a sink it does not name
+      counts as empty).
+Keys: outbox, sinks, and rq:queue:<ns>:results unless `queued` is given; found at run time:
+      sinkbox:<sink> of each sink, and rq:queue:<ns>:sink:<sink> unless `queued` is given (read
+      for their lengths).
 Reply: {"results": [entry...], "sinks": {"<sink>": [entry...]}, "more": bool}
 "more": due entries were left behind (a full take, or a box skipped because its rq queue already
 holds max_queued batches): the caller pumps again soon.
@@ -744,10 +774,21 @@ local function pump(keys, args)
   local ns, max_entries = args[1], tonumber(args[2])
   local visibility, sink_visibility = tonumber(args[3]), tonumber(args[4])
   local max_queued = tonumber(args[5])
+  local queued = nil
+  if args[6] and args[6] ~= '' then
+    local ok, value = pcall(cjson.decode, args[6])
+    if not ok or type(value) ~= 'table' then return fail('invalid queued: a JSON object') end
+    queued = value
+  end
+  -- how many batches wait on an rq queue: measured by the caller, or read here
+  local function waiting(name, rq_key)
+    if queued then return tonumber(queued[name]) or 0 end
+    return redis.call('LLEN', rq_key)
+  end
   local now = now_ms()
   local out, more = {results = {}, sinks = {}}, false
   local function box_due(box) return redis.call('ZCOUNT', box, '-inf', now) > 0 end
-  if redis.call('LLEN', results_rq_queue(ns)) < max_queued then
+  if waiting('results', results_rq_queue(ns)) < max_queued then
     local full
     out.results, full = take_due(outbox_key(ns), now, max_entries, visibility)
     more = more or full
@@ -755,7 +796,7 @@ local function pump(keys, args)
     more = more or box_due(outbox_key(ns))
   end
   for _, sink in ipairs(redis.call('SMEMBERS', sinks_key(ns))) do
-    if redis.call('LLEN', sink_rq_queue(ns, sink)) < max_queued then
+    if waiting(sink, sink_rq_queue(ns, sink)) < max_queued then
       local due, full = take_due(sinkbox_key(ns, sink), now, max_entries, sink_visibility)
       if #due > 0 then out.sinks[sink] = due end
       more = more or full
@@ -770,7 +811,8 @@ end
 --[[ dispatch_v2_record
 ARGV: ns, retention_s (0 = keep records), sinks (JSON list of sink names, [] for none),
       then one or more entries '<job>:<attempt>' from the results outbox
-Keys: outbox, job:<id> of each entry, stats, events, sinks, sinkbox:<sink>; publishes on done.
+Keys: outbox, job:<id> of each entry, stats, events, sinks, sinkbox:<sink> of each sink named;
+      publishes on done.
 Reply: JSON list, per entry in order: [status after the call ('' = no such job), changed (bool)]
 Invariant: compare-and-set per entry, so a batch run twice (a re-pumped batch, rq retrying a task)
 changes nothing the second time: completed -> processed for that attempt (event, counter, done
@@ -822,8 +864,9 @@ Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined"
         "backlog": number of outbox and sink box entries due for the pump}
 "rejoined" is true when the pod was absent or past its deadline: its runners may have been
 detached by another pod's tick, so the pod must close their sockets (they reconnect).
-Keys: pods, pod:<pod>:runners/inbox, leases and the jobs/runners/pods they name; outbox, sinks
-and sinkbox:<sink> (counted only).
+Keys: pods, pod:<pod>:runners, pod:<pod>:inbox, leases, config, outbox, sinks, stats, events;
+      found at run time: the jobs and runners the due leases name and what reaping them touches,
+      dead pods' runners/inbox, sinkbox:<sink> (counted only).
 Invariant: renews this pod's presence; a pod past its deadline loses its runners (idle ones go
 offline; jobs in flight keep their leases); due leases are reaped by compare-and-set, so any number
 of pods may tick at once without a leader.
@@ -886,6 +929,7 @@ end
 
 --[[ dispatch_v2_pod_stop
 ARGV: ns, pod
+Keys: pods, pod:<pod>:runners, pod:<pod>:inbox
 Reply: 1. Invariant: a pod that shuts down leaves the pod set at once (its runners were detached
 one by one before this; jobs in flight keep their leases).
 ]]
@@ -898,8 +942,8 @@ end
 
 --[[ dispatch_v2_runner_rotate
 ARGV: ns, name, token_sha256_hex (the hash of the runner's new token)
-Keys: runner:<name>, idle:<spec> of its specs, pod:<pod>:runners, pod:<pod>:inbox and the pod's
-      bell (when connected), events
+Keys: runner:<name>, events; found at run time: idle:<spec> of its specs, pod:<pod>:runners,
+      pod:<pod>:inbox and the pod's bell (when connected)
 Reply: 1 when a live connection was told to close, 0 when the runner had none; error when unknown.
 Invariant: in this one call the old token stops working (only the new hash is kept) and a live
 connection is detached as `dispatch_v2_detach` would, but without a connection generation left in
