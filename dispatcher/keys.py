@@ -2,7 +2,9 @@
 
 The Lua library (``lua/dispatch.lua``) builds the same names from the namespace with the helpers at
 its top; ``tests/dispatcher/test_keys.py`` pins the two together. Nothing else formats key strings.
-All names of one namespace start with ``{namespace}:``, so two namespaces on one Redis never meet.
+All names of one namespace start with ``<namespace>:``, so two namespaces on one Redis never meet.
+A hash-tagged namespace (``{name}``) puts every key and channel of the namespace, the rq queue
+keys included (``rq:queue:{name}:results``), in one Redis Cluster hash slot.
 """
 
 from __future__ import annotations
@@ -140,5 +142,6 @@ class Keys:
         return f"rq:queue:{name}"
 
     def batch_job_id(self, kind: str, token: str) -> str:
-        """rq job id of one batch (``kind`` 'results' or a sink name; unique across namespaces)."""
-        return f"{self.namespace}-{kind}-{token}"
+        """rq job id of one batch (``kind`` 'results' or a sink name; ``token`` unique). rq allows
+        only letters, digits, '_' and '-' in a job id, so a hash tag's braces are left out."""
+        return f"{self.namespace.strip('{}')}-{kind}-{token}"

@@ -71,8 +71,18 @@ class Pod(LongPoll):
             redisconn.async_pool(settings.redis_url, REDIS_POOL_SIZE, REDIS_POOL_TIMEOUT)
         )
         self._sync_redis = redisconn.sync_client(settings.redis_url)  # the pump's (rq is sync)
+        # the rq queues' own Redis (DISPATCHER_RESULTS_REDIS_URL), when they are not in ours
+        self._rq_redis = (
+            redisconn.sync_client(settings.results_redis_url)
+            if settings.results_redis_url
+            else None
+        )
         self.pump = PumpLoop(
-            self._sync_redis, self.keys, PumpConfig.from_settings(settings), lambda: self._stopped
+            self._sync_redis,
+            self.keys,
+            PumpConfig.from_settings(settings),
+            lambda: self._stopped,
+            self._rq_redis,
         )
         self.durability = Durability.parse(settings.ack_durability)
         self.metrics = PodMetrics()  # served on the admin port (dispatcher.adminserver)
@@ -149,6 +159,8 @@ class Pod(LongPoll):
             log.warning("could not leave the pod set: %s", exc)
         await self.redis.aclose()
         self._sync_redis.close()
+        if self._rq_redis is not None:
+            self._rq_redis.close()
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""

@@ -8,6 +8,10 @@ in one pipeline. rq stays the queue: ``rq info``, ``rq worker``, retries and the
 see ordinary jobs. Any process may pump (pods do, on their tick and shortly after each result);
 two pumps never get the same entry while it is held, and a writer records each entry by
 compare-and-set, so an entry handed out twice is recorded once in effect.
+
+The rq queues may live on their own Redis (``DISPATCHER_RESULTS_REDIS_URL``, required on a Redis
+Cluster, where rq cannot run): the pump then measures the queues' lengths there and passes them to
+the ``pump`` function, and enqueues the batches there; the outbox stays in the namespace's slot.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from rq import Queue, Retry
@@ -76,16 +81,43 @@ def _entries(value: object) -> list[str]:
     return [str(e) for e in value] if isinstance(value, list) else []
 
 
-def pump_once(connection: redis.Redis, keys: Keys, config: PumpConfig) -> PumpResult:
-    """One pump: take due entries, enqueue them as batches in one pipeline (sync; rq is sync)."""
+def _queued(connection: redis.Redis, rq_connection: redis.Redis, keys: Keys) -> dict[str, int]:
+    """The lengths of the namespace's rq queues on their own Redis (results and every sink)."""
+    sinks = sorted(
+        m.decode() if isinstance(m, bytes) else str(m) for m in _smembers(connection, keys)
+    )
+    with rq_connection.pipeline(transaction=False) as pipe:
+        pipe.llen(Keys.rq_queue(keys.results_queue))
+        for sink in sinks:
+            pipe.llen(Keys.rq_queue(keys.sink_queue(sink)))
+        lengths = pipe.execute()
+    return dict(zip(["results", *sinks], (int(n) for n in lengths), strict=True))
+
+
+def _smembers(connection: redis.Redis, keys: Keys) -> set[Any]:
+    members: set[Any] = connection.smembers(keys.sinks)
+    return members
+
+
+def pump_once(
+    connection: redis.Redis,
+    keys: Keys,
+    config: PumpConfig,
+    rq_connection: redis.Redis | None = None,
+) -> PumpResult:
+    """One pump: take due entries, enqueue them as batches in one pipeline (sync; rq is sync).
+
+    ``rq_connection``: the Redis of the rq queues when it is not ``connection``."""
     call = functions.pump(
         keys,
         config.max_take,
         int(config.visibility * 1000),
         int(config.sink_visibility * 1000),
         config.max_queued,
+        None if rq_connection is None else _queued(connection, rq_connection, keys),
     )
     reply = functions.run_sync(connection, call)
+    connection = connection if rq_connection is None else rq_connection  # rq's from here on
     results = _entries(reply.get("results"))
     sinks_reply = reply.get("sinks")
     sinks = {
@@ -147,9 +179,15 @@ class PumpLoop:
     RETRY = 0.05  # s between pumps while due entries wait (queues full, or a full take)
 
     def __init__(
-        self, connection: redis.Redis, keys: Keys, config: PumpConfig, stopped: Callable[[], bool]
+        self,
+        connection: redis.Redis,
+        keys: Keys,
+        config: PumpConfig,
+        stopped: Callable[[], bool],
+        rq_connection: redis.Redis | None = None,
     ) -> None:
         self._connection, self._keys, self._config = connection, keys, config
+        self._rq_connection = rq_connection
         self._stopped = stopped
         self._wanted = asyncio.Event()
 
@@ -163,7 +201,7 @@ class PumpLoop:
             self._wanted.clear()
             try:
                 result = await asyncio.to_thread(
-                    pump_once, self._connection, self._keys, self._config
+                    pump_once, self._connection, self._keys, self._config, self._rq_connection
                 )
             except redis.RedisError as exc:  # entries stay due: the next tick wakes us again
                 log.warning("results pump failed: %s", exc)

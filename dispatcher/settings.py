@@ -11,11 +11,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from dispatcher import redisurl
 from dispatcher.durability import Durability
 from dispatcher.errors import ConfigError
 from dispatcher.forwarded import Network, parse_trusted
 
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# a plain name, or a hash-tagged one ('{name}': every key of the namespace in one cluster slot)
+NAMESPACE_RE = re.compile(r"^(?:[A-Za-z0-9_-]{1,64}|\{[A-Za-z0-9_-]{1,62}\})$")
 SINKS = ("postgres", "webhook")
 
 
@@ -25,6 +27,9 @@ class Settings:
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: str = "dispatch"
+    # the rq queues of result batches on their own Redis (standalone or Sentinel); required when
+    # redis_url is a cluster (rq cannot run on Redis Cluster: docs/operations.md#redis-cluster)
+    results_redis_url: str = ""
     start_timeout: float = 15.0
     lease_timeout: float = 30.0
     heartbeat_interval: float = 5.0
@@ -69,7 +74,24 @@ class Settings:
     def __post_init__(self) -> None:
         if not NAMESPACE_RE.match(self.namespace):
             raise ConfigError(
-                f"namespace {self.namespace!r} must be 1-64 characters of A-Z a-z 0-9 _ -"
+                f"namespace {self.namespace!r} must be 1-64 characters of A-Z a-z 0-9 _ -, "
+                "or such a name in braces ('{name}', a hash tag)"
+            )
+        target = redisurl.parse(self.redis_url)
+        results = redisurl.parse(self.results_redis_url) if self.results_redis_url else None
+        if target.cluster and not self.namespace.startswith("{"):
+            raise ConfigError(
+                f"on a Redis Cluster the namespace must be hash-tagged: "
+                f"DISPATCHER_NAMESPACE={{{self.namespace}}}"
+            )
+        if target.cluster and results is None:
+            raise ConfigError(
+                "on a Redis Cluster the rq result queues need their own Redis: set "
+                "DISPATCHER_RESULTS_REDIS_URL (redis:// or redis+sentinel://)"
+            )
+        if results is not None and results.cluster:
+            raise ConfigError(
+                "DISPATCHER_RESULTS_REDIS_URL cannot be a cluster (rq needs one node)"
             )
         for name in (
             "start_timeout",
@@ -153,6 +175,11 @@ class Settings:
             return parse_trusted(self.trusted_proxies)
         except ValueError as exc:
             raise ConfigError(f"DISPATCHER_TRUSTED_PROXIES: {exc}") from None
+
+    @property
+    def rq_redis_url(self) -> str:
+        """Where the rq queues of result batches live."""
+        return self.results_redis_url or self.redis_url
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

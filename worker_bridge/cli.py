@@ -10,6 +10,7 @@ import uuid
 import redis
 from rq import SimpleWorker
 
+from dispatcher import redisconn
 from dispatcher.errors import ConfigError
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
@@ -87,8 +88,12 @@ def run(settings: Settings, *, burst: bool = False, log_level: str = "INFO") -> 
         sink.check()  # one line at start, not a traceback per task
     install_context(ctx)
     keys = Keys(settings.namespace)
-    connection = redis.Redis.from_url(settings.redis_url)
+    # rq's Redis: the namespace's, or the queues' own (DISPATCHER_RESULTS_REDIS_URL, where the
+    # namespace's is a cluster; the tasks then reach the namespace through ctx.namespace_redis)
+    connection = redisconn.sync_client(settings.rq_redis_url, socket_timeout=None)
     connection.ping()  # fail fast, with one line, when Redis is unreachable
+    if ctx.namespace_redis is not None:
+        ctx.namespace_redis.ping()
     # SimpleWorker runs each task in this process (a forked work horse costs ~5 ms per task).
     # Each task is a batch of up to DISPATCHER_RESULT_BATCH_SIZE results, so rq's own per-task
     # bookkeeping is paid once per batch. The results queue comes first: sinks never delay the
@@ -97,7 +102,7 @@ def run(settings: Settings, *, burst: bool = False, log_level: str = "INFO") -> 
     worker = SimpleWorker(
         queues,
         connection=connection,
-        name=f"{settings.namespace}-bridge-{uuid.uuid4().hex[:12]}",
+        name=f"{settings.namespace.strip('{}')}-bridge-{uuid.uuid4().hex[:12]}",
     )
     try:
         # the scheduler re-queues batches whose task failed after their Retry delay

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from dispatcher import functions
+from dispatcher import functions, redisconn
 from dispatcher.keys import Keys
 from dispatcher.results import PumpConfig
 from dispatcher.settings import Settings
@@ -39,10 +39,18 @@ class WriterContext:
 
     settings: Settings
     sinks: dict[str, Sink] = field(default_factory=dict)
+    # the namespace's Redis when rq runs on another one (DISPATCHER_RESULTS_REDIS_URL); None: the
+    # tasks use rq's own connection for both
+    namespace_redis: redis.Redis | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> WriterContext:
-        return cls(settings, build_sinks(settings))
+        own = redisconn.sync_client(settings.redis_url) if settings.results_redis_url else None
+        return cls(settings, build_sinks(settings), own)
+
+    def connection(self, given: redis.Redis | None) -> redis.Redis:
+        """The namespace's Redis: ``given`` (tests, scripts), ours, or the running rq job's."""
+        return given or self.namespace_redis or _rq_connection()
 
     @property
     def retention(self) -> int:
@@ -78,8 +86,8 @@ def process_batch(
     ctx: WriterContext | None = None,
 ) -> dict[str, int]:
     """Record a batch of outbox entries; counts of entries and of records this call changed."""
-    conn = connection or _rq_connection()
     ctx = ctx or context()
+    conn = ctx.connection(connection)
     keys = Keys(namespace)
     call = functions.record(keys, list(entries), ctx.retention, ctx.sink_names)
     outcome = functions.run_sync(conn, call)
@@ -101,9 +109,9 @@ def process_result(
     The task of the previous release (one result per rq job, still queued during an upgrade),
     and a handy call for scripts and tests (``connection=``).
     """
-    conn = connection or _rq_connection()
-    keys = Keys(namespace)
     ctx = ctx or context()
+    conn = ctx.connection(connection)
+    keys = Keys(namespace)
     call = functions.record(keys, [f"{job_id}:{int(attempt)}"], ctx.retention, ctx.sink_names)
     return functions.run_sync(conn, call)[0][0]
 
@@ -117,8 +125,8 @@ def sink_batch(
     ctx: WriterContext | None = None,
 ) -> dict[str, int]:
     """Write the final records of ``entries`` to ``sink``; remove them from its box when done."""
-    conn = connection or _rq_connection()
     ctx = ctx or context()
+    conn = ctx.connection(connection)
     keys = Keys(namespace)
     target = ctx.sinks.get(sink)
     if target is None:
