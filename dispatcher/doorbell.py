@@ -1,4 +1,5 @@
-"""The pod's doorbell: one pub/sub connection subscribed to the pod's own channel.
+"""The pod's doorbell: one pub/sub connection subscribed to the pod's own channel (sharded:
+SSUBSCRIBE, on a cluster to the node serving the namespace's slot).
 
 Every message names a runner whose Redis state changed. The reader never blocks: it hands the
 name to a callback that schedules work. Each time the subscription is (re)confirmed — at start and
@@ -89,10 +90,10 @@ class Doorbell:
         self._probe_sent, self._probe_seen = None, 0.0
 
     async def _listen(self) -> None:
-        client = redisconn.async_pubsub_client(self._settings.redis_url)
+        client = await redisconn.async_pubsub_client(self._settings.redis_url, self._channel)
         pubsub = client.pubsub()
         try:
-            await pubsub.subscribe(self._channel)
+            await pubsub.ssubscribe(self._channel)
             async for message in pubsub.listen():
                 if self._stopped():
                     return
@@ -104,14 +105,17 @@ class Doorbell:
 
     async def _handle(self, message: dict[str, object]) -> None:
         kind = message.get("type")
-        if kind == "message":
+        if kind in ("smessage", "message"):
             data = message["data"]
             name = data.decode() if isinstance(data, bytes) else str(data)
             if name == PROBE:
                 self._probe_seen = asyncio.get_running_loop().time()
             else:
                 self._on_bell(name)
-        elif kind == "subscribe":
+        elif kind == "sunsubscribe":
+            # the server dropped the subscription (on a cluster: the slot moved to another node)
+            raise redis.ConnectionError("the doorbell's channel was unsubscribed by the server")
+        elif kind in ("ssubscribe", "subscribe"):
             self.live = True
             self._delay = RETRY_MIN
             try:

@@ -6,8 +6,10 @@ with `dispatch_v2_` so pods of two releases can share one Redis during a rolling
 Theory of operation. Redis is the single source of truth. Every change that touches more than one
 key is one function here, so it is atomic. A job is matched to a runner inside these functions
 (at submit, at ready, when a job is re-queued); the pod that holds the chosen runner's WebSocket is
-told by adding the runner to the pod's inbox SET and PUBLISHing the runner name on the pod's bell
-channel. The PUBLISH is only a hint: pods re-read their inbox on every (re)subscribe and on a
+told by adding the runner to the pod's inbox SET and publishing the runner name on the pod's bell
+channel (SPUBLISH: sharded pub/sub, which every server with Functions has, Redis >= 7.0 and
+Valkey; on a cluster the channel lives in the namespace's slot, so the message reaches only the
+shard's nodes). The message is only a hint: pods re-read their inbox on every (re)subscribe and on a
 reconcile tick, so a lost message costs latency, never a job.
 
 Calling convention: `FCALL name numkeys key... arg...` with the namespace as ARGV[1]. The caller
@@ -132,7 +134,7 @@ end
 local function notify(ns, pod, runner)
   if not pod or pod == '' then return end
   redis.call('SADD', pod_inbox_key(ns, pod), runner)
-  redis.call('PUBLISH', pod_channel(ns, pod), runner)
+  redis.call('SPUBLISH', pod_channel(ns, pod), runner)
 end
 
 -- Take a runner out of every idle set (it is no longer waiting in a long poll).
@@ -164,7 +166,7 @@ local function next_deadline(job, cfg)
   return math.min(tonumber(job.lease_deadline), hard_deadline(job, cfg))
 end
 
-local function publish_done(ns, id) redis.call('PUBLISH', done_channel(ns), id) end
+local function publish_done(ns, id) redis.call('SPUBLISH', done_channel(ns), id) end
 
 -- ---------------------------------------------------------------------------------------------
 -- matching

@@ -26,7 +26,7 @@ async def test_an_unexpected_error_in_the_doorbell_does_not_end_it(
     task = asyncio.create_task(bell.run())
     try:
         await eventually(lambda: confirmations == 2 and bell.live, 5.0, what="resubscribed")
-        rclient.publish(channel, "r1")
+        rclient.spublish(channel, "r1")
         await eventually(lambda: rung == ["r1"], 5.0, what="a bell after the recovery")
     finally:
         task.cancel()

@@ -45,7 +45,7 @@ class FreezingProxy:
     async def _pump(self, reader, writer, client_w, upward: bool) -> None:
         while data := await reader.read(65536):
             # the RESP form of the command name, not the word (the Lua library's text has it)
-            is_subscribe = b"$9\r\nSUBSCRIBE\r\n" in data.upper()
+            is_subscribe = b"$10\r\nSSUBSCRIBE\r\n" in data.upper()
             if upward and is_subscribe and client_w not in self.subscribers:
                 self.subscribers.append(client_w)
             if not upward and client_w in self.frozen:

@@ -51,8 +51,8 @@ def test_completed_becomes_processed_once(
 ) -> None:
     job_id, attempt = completed_job(rclient, keys)
     pubsub = rclient.pubsub()
-    pubsub.subscribe(keys.done_channel)
-    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    pubsub.ssubscribe(keys.done_channel)
+    assert pubsub.get_message(timeout=1)["type"] == "ssubscribe"
     assert process_result(keys.namespace, job_id, attempt, connection=raw, ctx=CTX) == "processed"
     assert process_result(keys.namespace, job_id, attempt, connection=raw, ctx=CTX) == "processed"
     assert rclient.hget(keys.job(job_id), "status") == "processed"
