@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import redis
 
+from dispatcher import redisconn
 from dispatcher.settings import Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -21,7 +22,7 @@ def print_json(value: Any) -> None:
 
 def connect(settings: Settings) -> redis.Redis:
     """A sync connection for one CLI command (closed by the caller)."""
-    return redis.Redis.from_url(
+    return redisconn.sync_client(
         settings.redis_url,
         decode_responses=True,
         client_name=f"dispatcher-cli:{settings.namespace}",

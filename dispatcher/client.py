@@ -27,7 +27,7 @@ from typing import Any, Self
 import redis
 import redis.asyncio
 
-from dispatcher import functions
+from dispatcher import functions, redisconn
 from dispatcher.errors import NotFound
 from dispatcher.keys import Keys
 from dispatcher.lookup import jobs_plan, resolve_plan, run_plan, run_plan_async, runners_plan
@@ -92,8 +92,13 @@ class Client:
         self.keys = Keys(settings.namespace)
         self._owned = redis_client is None
         if redis_client is None:
-            redis_client = redis.Redis.from_url(
-                settings.redis_url, decode_responses=True, client_name=_client_name(settings)
+            redis_client = redisconn.sync_client(
+                settings.redis_url,
+                decode_responses=True,
+                client_name=_client_name(settings),
+                # its subscription waits for messages: no read timeout, no idle PING
+                socket_timeout=None,
+                health_check_interval=0,
             )
         self._redis = redis_client
 
@@ -281,12 +286,12 @@ class Client:
 
     def _subscribe(self, deadline: float | None) -> redis.client.PubSub:
         """A subscription to the done channel, returned once Redis has confirmed it."""
-        pubsub: redis.client.PubSub = self._redis.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = redisconn.sync_pubsub(self._redis, self.keys.done_channel)
         try:
-            pubsub.subscribe(self.keys.done_channel)
+            pubsub.ssubscribe(self.keys.done_channel)
             while True:
                 message = pubsub.get_message(timeout=self._slice(deadline))
-                if message is not None and message["type"] == "subscribe":
+                if message is not None and message["type"] == "ssubscribe":
                     return pubsub
         except BaseException:
             pubsub.close()
@@ -301,9 +306,9 @@ class Client:
             message = pubsub.get_message(timeout=min(self._slice(deadline), left))
             if message is None:
                 continue
-            if message["type"] == "subscribe":
-                return  # re-subscribed after a reconnect: a message may have been lost
-            if message["type"] == "message" and text(message["data"]) == job_id:
+            if message["type"] in ("ssubscribe", "sunsubscribe"):
+                return  # re-subscribed after a reconnect, or dropped: a message may be lost
+            if message["type"] == "smessage" and text(message["data"]) == job_id:
                 return
 
     @staticmethod
@@ -335,14 +340,15 @@ class AsyncClient:
         self._owned = redis_client is None
         if redis_client is None:
             # a blocking pool makes callers queue for a connection instead of opening more
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
+            redis_client = redisconn.async_client(
                 settings.redis_url,
-                max_connections=max_connections,
-                timeout=None,
+                max_connections,
+                None,
                 decode_responses=True,
                 client_name=_client_name(settings),
+                socket_timeout=None,  # the shared subscription is one of its connections
+                health_check_interval=0,
             )
-            redis_client = redis.asyncio.Redis(connection_pool=pool)
         self._redis = redis_client
         self._waiters = DoneWaiters(self._redis, self.keys.done_channel)
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from dispatcher import dashview
+from dispatcher import dashview, redisconn
 from dispatcher.exporter import SnapshotCache
 from dispatcher.keys import Keys
 from dispatcher.records import job_record
@@ -34,7 +34,7 @@ def page() -> str:
 
 
 def dashboard_app(settings: Settings, ttl: float = CACHE_SECONDS) -> Starlette:
-    client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redisconn.async_client(settings.redis_url, 16, 5.0, socket_timeout=5)
     keys = Keys(settings.namespace)
     cache = SnapshotCache(client, keys, dashview.dashboard_plan, ttl)
     token = settings.dashboard_token

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from dispatcher import fleetmetrics
+from dispatcher import fleetmetrics, redisconn
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
 
@@ -86,7 +86,7 @@ def render(families: Iterable[Metric]) -> bytes:
 
 def exporter_app(settings: Settings, ttl: float = CACHE_SECONDS) -> Starlette:
     """The exporter's app: ``/metrics`` and ``/healthz``."""
-    client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redisconn.async_client(settings.redis_url, 16, 5.0, socket_timeout=5)
     cache = SnapshotCache(client, Keys(settings.namespace), fleetmetrics.fleet_plan, ttl)
 
     async def metrics(request: Request) -> Response:

@@ -67,9 +67,7 @@ class Pod(LongPoll):
         self.id = pod_id or uuid.uuid4().hex[:16]
         # A burst (a thousand runners connecting, or their long polls ending in the same second)
         # must queue for a connection, not fail: redis-py's default pool raises past 100 in use.
-        self.redis = redis.asyncio.Redis.from_pool(
-            redisconn.async_pool(settings.redis_url, REDIS_POOL_SIZE, REDIS_POOL_TIMEOUT)
-        )
+        self.redis = redisconn.async_client(settings.redis_url, REDIS_POOL_SIZE, REDIS_POOL_TIMEOUT)
         self._sync_redis = redisconn.sync_client(settings.redis_url)  # the pump's (rq is sync)
         # the rq queues' own Redis (DISPATCHER_RESULTS_REDIS_URL), when they are not in ours
         self._rq_redis = (
@@ -361,7 +359,7 @@ class Pod(LongPoll):
                 old.cancel()
             return
         if self.doorbell.live:
-            await self.redis.publish(self.keys.pod_channel(self.id), PROBE)
+            await self.redis.spublish(self.keys.pod_channel(self.id), PROBE)
             self.doorbell.probe_published(now)
 
     # -- results pump ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dispatcher.errors import DispatchError
+from dispatcher import redisconn
+from dispatcher.errors import ConfigError, DispatchError
 
 DEFAULT_TIMEOUT = 3.0
 
@@ -41,12 +42,14 @@ def shown_url(url: str) -> str:
 def redis_problem(url: str, timeout: float = DEFAULT_TIMEOUT) -> str | None:
     """None when the Redis at ``url`` answers PING within ``timeout``, else the reason, one line."""
     try:
-        client = redis.Redis.from_url(
+        client = redisconn.sync_client(
             url,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # one attempt: the caller reports at once
         )
+    except ConfigError as exc:
+        return str(exc)
     except ValueError as exc:
         return f"{shown_url(url)!r} is not a Redis URL ({exc})"
     try:
