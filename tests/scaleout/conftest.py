@@ -1,0 +1,60 @@
+"""The backends the scale-out scenarios run on: a local Redis Cluster and a Sentinel setup,
+started as private processes once per session (skipped, with the reason, without redis-server)."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.scaleout.servers import HAVE_REDIS, Servers, start_cluster, start_sentinel
+
+SERVICE = "dispatch"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    redis_url: str  # DISPATCHER_REDIS_URL
+    results_redis_url: str  # DISPATCHER_RESULTS_REDIS_URL ('' = the same Redis)
+    tagged: bool  # whether namespaces must be hash-tagged
+
+    def namespace(self) -> str:
+        ns = "s" + uuid.uuid4().hex[:12]
+        return "{" + ns + "}" if self.tagged else ns
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    if not HAVE_REDIS:
+        pytest.skip("redis-server and redis-cli are not installed (apt-get install redis-server)")
+    with tempfile.TemporaryDirectory(prefix="scaleout-") as root:
+        running = Servers(Path(root))
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(servers: Servers) -> Backend:
+    ports = start_cluster(servers)
+    results = servers.redis_server("results")
+    seeds = ",".join(f"127.0.0.1:{p}" for p in ports)
+    return Backend("cluster", f"redis+cluster://{seeds}", f"redis://127.0.0.1:{results}/0", True)
+
+
+@pytest.fixture(scope="session")
+def sentinel(servers: Servers) -> Backend:
+    _, _, port = start_sentinel(servers, SERVICE)
+    return Backend("sentinel", f"redis+sentinel://127.0.0.1:{port}/{SERVICE}/0", "", True)
+
+
+@pytest.fixture(params=["cluster", "sentinel"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    value: Backend = request.getfixturevalue(request.param)
+    return value
