@@ -100,7 +100,11 @@ def parse(url: str) -> RedisTarget:
     url = url.strip()
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise _fail(url, "expected redis://, rediss://, redis+sentinel:// or redis+cluster://")
+        shown = "(hidden)" if "@" in url else url  # never a password
+        raise ConfigError(
+            f"{shown!r} is not a Redis URL: expected redis://, rediss://, "
+            "redis+sentinel://HOST:PORT[,...]/SERVICE or redis+cluster://HOST:PORT[,...]"
+        )
     scheme = scheme.lower()
     if scheme not in SCHEMES:
         raise _fail(

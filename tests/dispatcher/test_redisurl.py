@@ -48,7 +48,8 @@ def test_cluster_urls() -> None:
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("localhost:6379", "expected redis://"),
+        ("localhost:6379", "'localhost:6379' is not a Redis URL: expected redis://"),
+        ("user:secret@localhost:6379", "'(hidden)' is not a Redis URL"),
         ("http://h:1", "unknown scheme 'http'"),
         ("redis://h:99999/0", "port"),
         ("redis://h:1/x", "database 'x'"),

@@ -14,7 +14,7 @@ BRIDGE = str(Path(sys.executable).parent / "worker-bridge")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--redis-url", "notaurl"], "Redis URL must specify"),
+        (["--redis-url", "notaurl"], "'notaurl' is not a Redis URL"),
         (["--redis-url", "redis://127.0.0.1:1/0", "--burst"], "Connection refused"),
     ],
 )
