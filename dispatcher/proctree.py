@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -74,3 +75,18 @@ def kill_groups(groups: set[int]) -> None:
     for group in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)
+
+
+def groups_alive(groups: set[int]) -> bool:
+    """Whether any running (not zombie) process belongs to one of ``groups``."""
+    return any(pgrp in groups and state != "Z" for _, pgrp, state in _table().values())
+
+
+def wait_groups_gone(groups: set[int], timeout: float, poll: float = 0.02) -> bool:
+    """Wait (bounded) until no process of ``groups`` runs; whether they are all gone."""
+    deadline = time.monotonic() + timeout
+    while groups_alive(groups):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True

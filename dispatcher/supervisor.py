@@ -228,6 +228,10 @@ class Supervisor:
             child.proc.wait(KILL_WAIT)
         except subprocess.TimeoutExpired:
             self.say(f"{child.label} (pid {child.pid}) survived SIGKILL for {KILL_WAIT:.0f}s")
+        # the jobs' processes are not our children: wait until they are gone too, so a stop that
+        # returns has left nothing running
+        if groups and not proctree.wait_groups_gone(groups, KILL_WAIT):
+            self.say(f"processes of {child.label}'s jobs survived SIGKILL for {KILL_WAIT:.0f}s")
 
 
 def console(text: str) -> None:
