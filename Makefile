@@ -80,3 +80,5 @@ soak: setup
 	DISPATCHER_FUZZ_FRAMES=$(SOAK_FRAMES) DISPATCHER_FUZZ_SEED=$$(date +%s) \
 		$(BIN)/pytest -q -s -p no:cacheprovider -o timeout=3600 tests/dispatcher/test_frames_fuzz.py
 	$(BIN)/python -m bench.flood
+# then the fault-injection suite at soak size (48 agents, twice the load, each fault 3 times)
+	FAULTS_SIZE=soak $(BIN)/pytest -q -s -p no:cacheprovider -o timeout=3600 tests/faults

@@ -385,11 +385,11 @@ class Cluster:
         except (OSError, IndexError):
             return False
 
-    def runner_states(self) -> dict[str, str]:
+    def runner_states(self, field: str = "state") -> dict[str, str]:
         with self.redis() as client:
             pipe = client.pipeline(transaction=False)
             for agent in self.agents:
-                pipe.hget(self.keys.runner(agent.name), "state")
+                pipe.hget(self.keys.runner(agent.name), field)
             return {a.name: str(s) for a, s in zip(self.agents, pipe.execute(), strict=True)}
 
     def rq_workers(self) -> list[dict[str, str]]:
@@ -401,8 +401,9 @@ class Cluster:
                 out.append({**client.hgetall(f"rq:worker:{name}"), "name": name})
             return out
 
-    def heal(self) -> None:
-        """Bring back whatever a scenario left down: Redis, pods, writers, agents."""
+    def heal(self, idle: bool = True) -> None:
+        """Bring back whatever a scenario left down: Redis, pods, writers, agents; then wait for
+        every runner to be idle (``idle``) or, under load, at least connected to a pod."""
         assert self.redis_proc is not None
         if not self.redis_proc.alive():
             self.start_redis()
@@ -410,10 +411,11 @@ class Cluster:
             proc.send(signal.SIGCONT)
             if not proc.alive():
                 proc.start()
-        self.wait_healthy(60)
+        self.wait_healthy(60, idle)
 
-    def wait_healthy(self, timeout: float) -> None:
-        """Every pod ready, every writer registered with rq, every runner connected and idle."""
+    def wait_healthy(self, timeout: float, idle: bool = True) -> None:
+        """Every pod ready, every writer registered with rq, every runner connected and (with
+        ``idle``) idle."""
         wait_for(lambda: all(self.pod_ready(p) for p in self.pod_ports), timeout, "pods ready")
         pids = {str(w.pid) for w in self.writers}
         wait_for(
@@ -421,12 +423,20 @@ class Cluster:
             timeout,
             "both writers registered with rq",
         )
-        wait_for(
-            lambda: set(self.runner_states().values()) == {"idle"},
-            timeout,
-            "every runner connected and idle",
-            interval=0.2,
-        )
+        if idle:
+            wait_for(
+                lambda: set(self.runner_states().values()) == {"idle"},
+                timeout,
+                "every runner connected and idle",
+                interval=0.2,
+            )
+        else:
+            wait_for(
+                lambda: "" not in self.runner_states("pod").values(),
+                timeout,
+                "every runner connected",
+                interval=0.2,
+            )
 
     # -- load -----------------------------------------------------------------------------------
 
