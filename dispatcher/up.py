@@ -48,6 +48,23 @@ WRITER_STOP = StopPlan(((signal.SIGTERM, 10.0), (signal.SIGTERM, 3.0)))
 VALKEY_STOP = StopPlan(((signal.SIGTERM, 10.0),))
 
 
+UP_EPILOG = """\
+environment:
+  DISPATCHER_REDIS_URL     use this Redis instead of the embedded Valkey (like --redis-url)
+  DISPATCHER_NAMESPACE     key namespace (like --namespace)
+  DISPATCHER_*             every other setting in the README's table reaches the pod and writer
+
+examples:
+  dispatcher up --demo                      the whole system, with sample jobs
+  dispatcher up --port 8001 --runners 2     two local runners on a pod at :8001
+  dispatcher up --redis-url redis://redis.example.com/0 --spec linux
+  make demo ARGS='--port 8001'              make demo / make up pass flags through ARGS
+
+The banner prints the Redis URL in use and commands to paste into another shell; logs are in
+<data dir>/logs (default .dispatcher/logs).
+"""
+
+
 class StartFailed(DispatchError):
     """`dispatcher up` could not start the system (the message names the cause and the logs)."""
 
@@ -58,7 +75,8 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         help="run the whole system on this machine",
         description="Run an embedded Valkey (or use the Redis given), a pod, a result writer and "
         "local runners; restart any that crashes; Ctrl-C stops them all, runners first.",
-        epilog="make demo / make up pass extra flags through: make demo ARGS='--port 8001'",
+        epilog=UP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # its own --redis-url/--namespace: the default here is the embedded Valkey, not 6379
     parser.add_argument(
