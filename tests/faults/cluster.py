@@ -109,6 +109,7 @@ class Proc:
     death_signal: int = signal.SIGKILL
     popen: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    groups: list[int] = field(default_factory=list)  # of every start: killed again by ``stop``
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -122,6 +123,7 @@ class Proc:
                 preexec_fn=_die_with_parent(self.death_signal),
             )
         self.starts += 1
+        self.groups.append(self.popen.pid)  # its own session: its pid is its group
 
     @property
     def pid(self) -> int:
@@ -136,10 +138,12 @@ class Proc:
                 os.kill(self.pid, sig)
 
     def kill9(self, timeout: float = 10.0) -> None:
-        """SIGKILL and reap (the process only, not its group: a job must survive its agent)."""
+        """SIGKILL to its process group (a writer with its rq scheduler), and reap. An agent's
+        jobs run in sessions of their own: this does not reach them, as with a real crash."""
         if self.popen is None:
             return
-        self.send(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
         self.popen.wait(timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -152,8 +156,9 @@ class Proc:
             self.send(sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        for group in self.groups:  # what is left of this and of earlier starts
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(5)
 
