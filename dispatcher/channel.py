@@ -234,8 +234,10 @@ async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) ->
     if reply["result"] == "ok":
         sock.session.start_job(message.job, message.attempt, Event.RUNNING)
         sock.prior = None
+        pod.metrics.started(sock, message.job, message.attempt)
         await sock.send(messages.Ack(job=message.job, of="running"))
     else:
+        pod.metrics.fenced_reply("running", reply["reason"])
         await sock.push_cancel(message.job, message.attempt, reply["reason"])
 
 
@@ -246,6 +248,7 @@ async def on_heartbeat(pod: Pod, sock: RunnerSocket, message: messages.Message) 
     if reply["result"] == "ok":
         await sock.send(messages.Ack(job=message.job, of="heartbeat"))
     else:
+        pod.metrics.fenced_reply("heartbeat", reply["reason"])
         await sock.push_cancel(message.job, message.attempt, reply["reason"])
 
 
@@ -269,6 +272,8 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
         reply = await functions.run(pod.redis, call)
     if reply["result"] == "recorded":
         pod.wake_pump()
+    else:  # duplicate, stale or unknown: acknowledged all the same (rule 4)
+        pod.metrics.fenced_reply(_TERMINAL_EVENT[type(message)], reply["result"])
     if sock.session.holds(message.job, message.attempt):
         sock.session.fire(Event.JOB_DONE)
     sock.forget_prior(message.job)

@@ -202,6 +202,17 @@ def runner_states(snapshot: dict[str, Any]) -> dict[str, int]:
     return {"idle": idle, "busy": busy, "offline": offline}
 
 
+ALL_SPECS = "*"  # the spec label of the fleet-wide dispatcher_runners rows
+
+
+def runner_rows(snapshot: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """``dispatcher_runners{spec,state}``: fleet-wide by state, plus idle per spec."""
+    rows = {(ALL_SPECS, state): n for state, n in runner_states(snapshot).items()}
+    for spec, row in snapshot["specs"].items():
+        rows[(spec, "idle")] = row["idle_runners"]
+    return rows
+
+
 def _gauge(name: str, doc: str, labels: list[str], rows: dict[Any, Any]) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=labels)
     for key, value in rows.items():
@@ -243,9 +254,11 @@ def fleet_families(snap: dict[str, Any]) -> list[Metric]:
         ),
         _gauge(
             "dispatcher_runners",
-            "Registered runners by state (busy = leases; idle = connected - busy)",
-            ["state"],
-            runner_states(snap),
+            'Runners by state: spec="*" all registered runners (busy = leases; idle = connected'
+            " - busy; offline = the rest); per spec only idle (in a long poll for it; busy and"
+            " offline per spec would cost a read per runner)",
+            ["spec", "state"],
+            runner_rows(snap),
         ),
         one(
             "dispatcher_runners_registered", "Registered runners", value=snap["runners_registered"]

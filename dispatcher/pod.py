@@ -12,6 +12,7 @@ every ``reconcile_interval`` and after every (re)subscribe, so a lost message co
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import uuid
 from typing import Any
@@ -43,6 +44,8 @@ PROBE_EVERY_TICKS = 10  # a doorbell probe every 10 reconcile intervals (10 s by
 IN_FLIGHT = frozenset({"claimed", "running"})
 REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
 REDIS_POOL_TIMEOUT = 10.0  # s a command may wait for a free connection before it fails
+# True in the observe tasks the tick spawns for the inbox: a delivery there is a doorbell recovery
+VIA_TICK: contextvars.ContextVar[bool] = contextvars.ContextVar("via_tick", default=False)
 
 
 def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
@@ -81,6 +84,7 @@ class Pod(LongPoll):
             PumpConfig.from_settings(settings),
             lambda: self._stopped,
             self._rq_redis,
+            on_pump=lambda result: self.metrics.pumped(result),
         )
         self.durability = Durability.parse(settings.ack_durability)
         self.metrics = PodMetrics()  # served on the admin port (dispatcher.adminserver)
@@ -225,6 +229,8 @@ class Pod(LongPoll):
         sock.session.start_job(offer["job"], int(offer["attempt"]), Event.SEND_JOB)
         await sock.send(job_message(offer, self.settings))
         self.metrics.delivered(offer.get("created"))
+        recovery = VIA_TICK.get() and self.settings.wake == "pubsub"
+        self.metrics.sent(sock, offer["job"], int(offer["attempt"]), recovery)
 
     # -- doorbell and reconcile ----------------------------------------------------------------
 
@@ -324,8 +330,12 @@ class Pod(LongPoll):
             log.info("reaped job %s attempt %s: %s", job_id, attempt, outcome)
         if int(reply.get("backlog") or 0) > 0:
             self.wake_pump()
-        for runner in reply.get("inbox") or []:
-            self.spawn(self.observe(runner))
+        via_tick = VIA_TICK.set(True)  # the tasks spawned here copy it
+        try:
+            for runner in reply.get("inbox") or []:
+                self.spawn(self.observe(runner))
+        finally:
+            VIA_TICK.reset(via_tick)
 
     async def _tick_loop(self) -> None:
         ticks = 0

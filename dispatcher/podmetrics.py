@@ -13,6 +13,7 @@ computed at scrape time from a plain snapshot (``pod_view``) by a pure function 
 from __future__ import annotations
 
 import time
+import weakref
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ from dispatcher.session import State
 
 if TYPE_CHECKING:
     from dispatcher.pod import Pod
+    from dispatcher.results import PumpResult
+    from dispatcher.sockets import RunnerSocket
 
 # job created (Redis clock) -> `job` frame written (pod clock): ms to minutes
 DISPATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300)
@@ -141,6 +144,45 @@ class PodMetrics:
             ["reason"],
             registry=r,
         )
+        self.start_latency = Histogram(
+            "dispatcher_start_latency_seconds",
+            "`job` frame sent to the runner's `running` accepted (pod clock, this pod's sends)",
+            buckets=DISPATCH_BUCKETS,
+            registry=r,
+        )
+        self.fenced = Counter(
+            "dispatcher_fenced_messages",
+            "Runner messages a fenced function refused (message; reason: stale, duplicate, "
+            "unknown, or the cancel reason pushed back for running/heartbeat)",
+            ["message", "reason"],
+            registry=r,
+        )
+        self.recoveries = Counter(
+            "dispatcher_doorbell_recoveries",
+            "`job` frames sent by the reconcile tick's inbox re-read rather than a doorbell "
+            "(a bell lost, or still travelling when the tick looked)",
+            registry=r,
+        )
+        self.pumps = Counter(
+            "dispatcher_pump_runs",
+            "Results pump calls that enqueued at least one batch",
+            registry=r,
+        )
+        self.pump_batches = Counter(
+            "dispatcher_pump_batches", "rq batches this pod's results pump enqueued", registry=r
+        )
+        self.pump_entries = Counter(
+            "dispatcher_pump_entries",
+            "Outbox (box=results) and sink box (box=sinks) entries this pod's pump enqueued",
+            ["box"],
+            registry=r,
+        )
+        for box in ("results", "sinks"):
+            self.pump_entries.labels(box)
+        # the `job` frame each socket has in flight -> when it was sent (for start latency)
+        self._sent: weakref.WeakKeyDictionary[RunnerSocket, tuple[str, int, float]] = (
+            weakref.WeakKeyDictionary()
+        )
         for reason in REFUSAL_REASONS.values():
             self.refusals.labels(reason)
         for outcome in ("requeued", "failed", "timeout"):  # the reaper's outcomes
@@ -160,6 +202,28 @@ class PodMetrics:
         except (TypeError, ValueError):
             return
         self.dispatch_latency.observe(max(latency, 0.0))
+
+    def sent(self, sock: RunnerSocket, job: str, attempt: int, recovery: bool) -> None:
+        """A `job` frame went out on ``sock`` (``recovery``: sent by the tick's inbox re-read)."""
+        self._sent[sock] = (job, attempt, time.monotonic())
+        if recovery:
+            self.recoveries.inc()
+
+    def started(self, sock: RunnerSocket, job: str, attempt: int) -> None:
+        """The runner's `running` for the job this pod sent it was accepted."""
+        sent = self._sent.pop(sock, None)
+        if sent is not None and sent[:2] == (job, attempt):
+            self.start_latency.observe(max(time.monotonic() - sent[2], 0.0))
+
+    def fenced_reply(self, message: str, reason: Any) -> None:
+        self.fenced.labels(message, str(reason)).inc()
+
+    def pumped(self, result: PumpResult) -> None:
+        if result.batches:
+            self.pumps.inc()
+            self.pump_batches.inc(result.batches)
+        self.pump_entries.labels("results").inc(result.results)
+        self.pump_entries.labels("sinks").inc(result.sinks)
 
     def ticked(self, reply: dict[str, Any]) -> None:
         for _job, outcome, _attempt in reply.get("reaped") or []:

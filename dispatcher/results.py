@@ -185,8 +185,10 @@ class PumpLoop:
         config: PumpConfig,
         stopped: Callable[[], bool],
         rq_connection: redis.Redis | None = None,
+        on_pump: Callable[[PumpResult], None] | None = None,
     ) -> None:
         self._connection, self._keys, self._config = connection, keys, config
+        self._on_pump = on_pump  # told each pump's counts (the pod's metrics)
         self._rq_connection = rq_connection
         self._stopped = stopped
         self._wanted = asyncio.Event()
@@ -209,6 +211,8 @@ class PumpLoop:
             except Exception:  # never let the pump die: results would wait for a restart
                 log.exception("results pump failed")
                 continue
+            if self._on_pump is not None:
+                self._on_pump(result)
             if result.more:
                 await asyncio.sleep(self.RETRY)
                 self._wanted.set()

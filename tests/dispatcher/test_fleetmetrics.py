@@ -79,7 +79,8 @@ def test_snapshot_matches_redis_state(rclient: redis.Redis, keys: Keys, settings
     got = samples(text)
     assert got[("dispatcher_jobs_pending", (("spec", "linux"),))] == 2
     assert got[("dispatcher_jobs_total", (("outcome", "submitted"),))] == 4
-    assert got[("dispatcher_runners", (("state", "idle"),))] == 1
+    assert got[("dispatcher_runners", (("spec", "*"), ("state", "idle")))] == 1
+    assert got[("dispatcher_runners", (("spec", "linux"), ("state", "idle")))] == 0
     assert got[("dispatcher_pods_live", ())] == 1
     assert got[("dispatcher_results_backlog", ())] == 1
 
