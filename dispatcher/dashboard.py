@@ -1,32 +1,53 @@
 """`dispatcher dashboard`: a read-only live page of a namespace, from Redis state only.
 
-``/`` is a plain HTML page (``static/dashboard.html``, no build step) that fetches ``/api/state``
-every second and redraws; ``/api/job/{id}`` is a job's full record (the page links to it). Nothing
+``/`` is a plain HTML page (``static/dashboard.html``, no build step) fed by ``/api/events``, a
+Server-Sent Events stream: a ``state`` event at once, again as soon as ``XREAD BLOCK`` on
+``{ns}:events`` returns something (a job or runner changed), and every ``PUSH_SECONDS`` anyway (ages
+move). The page falls back to fetching ``/api/state`` every second only when the stream fails.
+``/api/job/{id}`` is a job's full record (the page links to it). Nothing
 here writes to Redis. With ``DISPATCHER_DASHBOARD_TOKEN`` set every route asks for it, as
 ``Authorization: Bearer <token>`` or ``?token=<token>`` (the page passes its own on).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
+import json
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 import redis
 import redis.asyncio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from dispatcher import dashview, redisconn
 from dispatcher.exporter import SnapshotCache
 from dispatcher.keys import Keys
-from dispatcher.records import job_record
+from dispatcher.records import job_record, text
 from dispatcher.settings import Settings
 
 CACHE_SECONDS = 0.5  # the page asks every second; several open pages share one read
+PUSH_SECONDS = 2.0  # a state event at least this often on the stream, even with no event
+BLOCK_MS = 1000  # XREAD BLOCK per wait (well under the client's 5 s socket timeout)
+MIN_GAP = 0.1  # s between two pushes on one stream: a burst of events is one redraw
+
+
+def sse(event: str, data: object) -> bytes:
+    """One Server-Sent Events message (``data`` as one JSON line)."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def page() -> str:
@@ -61,6 +82,40 @@ def dashboard_app(settings: Settings, ttl: float = CACHE_SECONDS) -> Starlette:
         except redis.RedisError as exc:
             return JSONResponse({"error": f"cannot read Redis: {exc}"}, status_code=503)
 
+    async def stream() -> AsyncIterator[bytes]:
+        """State now, then on every change in ``{ns}:events`` and every ``PUSH_SECONDS``."""
+        last = "$"
+        pushed = 0.0
+        try:
+            newest = await client.xrevrange(keys.events, "+", "-", count=1)
+            if newest:
+                last = str(text(newest[0][0]))
+            yield sse("state", await cache.get(newer_than=time.monotonic()))
+            pushed = time.monotonic()
+        except redis.RedisError as exc:
+            yield sse("failure", {"error": f"cannot read Redis: {exc}"})
+        while True:
+            try:
+                entries: Any = await client.xread({keys.events: last}, count=1000, block=BLOCK_MS)
+                seen = time.monotonic()
+                for _stream, rows in entries or []:
+                    if rows:
+                        last = str(text(rows[-1][0]))
+                if entries or seen - pushed >= PUSH_SECONDS:
+                    if seen - pushed < MIN_GAP:
+                        await asyncio.sleep(MIN_GAP - (seen - pushed))
+                    yield sse("state", await cache.get(newer_than=seen))
+                    pushed = time.monotonic()
+            except redis.RedisError as exc:
+                yield sse("failure", {"error": f"cannot read Redis: {exc}"})
+                await asyncio.sleep(1)
+
+    async def events(request: Request) -> Response:
+        if not allowed(request):
+            return JSONResponse({"error": "dashboard token required"}, status_code=401)
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
     async def job(request: Request) -> Response:
         if not allowed(request):
             return JSONResponse({"error": "dashboard token required"}, status_code=401)
@@ -81,6 +136,7 @@ def dashboard_app(settings: Settings, ttl: float = CACHE_SECONDS) -> Starlette:
         routes=[
             Route("/", index),
             Route("/api/state", state),
+            Route("/api/events", events),
             Route("/api/job/{job_id}", job),
             Route("/healthz", lambda request: PlainTextResponse("ok\n")),
         ],

@@ -56,13 +56,20 @@ class SnapshotCache:
         self._lock = asyncio.Lock()
         self._value: dict[str, Any] | None = None
         self._at = 0.0
+        self._began = 0.0  # when the read of the current value began
         self.last_read_seconds = 0.0
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self, newer_than: float | None = None) -> dict[str, Any]:
+        """The snapshot; ``newer_than`` (a ``time.monotonic()``): one whose read began after it
+        (what an event seen at that moment needs), shared by callers that saw the same event."""
         async with self._lock:
             now = time.monotonic()
-            if self._value is None or now - self._at >= self._ttl:
+            stale = now - self._at >= self._ttl or (
+                newer_than is not None and self._began <= newer_than
+            )
+            if self._value is None or stale:
                 started = time.perf_counter()
+                self._began = time.monotonic()
                 self._value = await run_plan(self._client, self._factory(self._keys))
                 self.last_read_seconds = time.perf_counter() - started
                 self._at = time.monotonic()
