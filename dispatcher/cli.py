@@ -17,7 +17,7 @@ from typing import cast
 
 import redis
 
-from dispatcher import __version__, cli_jobs, cli_ops, cli_runners, preflight, up
+from dispatcher import __version__, cli_human, cli_jobs, cli_ops, cli_runners, preflight, up
 from dispatcher.cli_common import Parser, SubParsers, epilog
 from dispatcher.errors import DispatchError
 from dispatcher.settings import Settings
@@ -67,6 +67,7 @@ COMMANDS: tuple[Register, ...] = (
     cli_runners.register,
     up.register,
     cli_ops.register,  # dashboard, metrics-exporter (operators' read-only views)
+    cli_human.register,  # top, events (terminal views; `status` tables live there too)
 )
 
 

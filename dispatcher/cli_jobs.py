@@ -384,7 +384,9 @@ def show_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(snapshot)
     else:
-        print(status_summary(snapshot))
+        from dispatcher.cli_human import print_status  # rich, only for the text view
+
+        print_status(snapshot)
     return 0
 
 

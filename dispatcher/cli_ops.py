@@ -24,7 +24,8 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         help="serve a live, read-only web page of the namespace",
         description="Serve a live page of the namespace read from Redis only: queues per spec, "
         "pods, runners, jobs in flight and recent, results backlog, the event stream's tail. "
-        "It refreshes itself every second and never writes.",
+        "The server pushes changes to the page as they happen (Server-Sent Events); it never "
+        "writes.",
         epilog=epilog(
             "  dispatcher dashboard                      http://127.0.0.1:8090/\n"
             "  dispatcher dashboard --host 0.0.0.0 --port 8090",

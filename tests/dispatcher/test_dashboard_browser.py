@@ -35,7 +35,7 @@ BOUND = 5.0  # s: the asserted bound of the update latency (the target is < 1 s)
 def status_is(job_id: str, status: str) -> str:
     """A page predicate: the job's row in Recent jobs shows ``status``."""
     return (
-        f'() => {{ const row = document.querySelector(\'#recent tr[data-id="{job_id}"]\');'
+        f"() => {{ const row = document.querySelector('#recent tr[data-id=\"{job_id}\"]');"
         f' return row !== null && row.children[2].textContent === "{status}"; }}'
     )
 
