@@ -179,7 +179,13 @@ class Supervisor:
         if self._interrupted is None:  # from here on a signal hurries the stop, never ends it
             self._interrupted = self.clock()
         self._done.set()
-        if self._thread is not None:
+        # The first signal raises KeyboardInterrupt wherever the main thread is, also inside
+        # watch() (the thread made but not started yet, or started but not recorded). So: never
+        # join a thread that has not started, and take the lock once, which waits out a check()
+        # in progress; every later loop sees _done before it checks again.
+        with self._lock:
+            pass
+        if self._thread is not None and self._thread.ident is not None:
             self._thread.join()
         for tier in tiers:
             self._stop_tier([c for c in tier if c.running()])

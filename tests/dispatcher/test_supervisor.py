@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -137,3 +138,14 @@ def test_the_first_signal_interrupts_a_copy_is_ignored_and_a_later_one_hurries(t
     supervisor.stop([[child]])
     assert not child.running()
     assert said == ["second signal: killing what is left"]
+
+
+def test_a_signal_that_lands_inside_watch_still_stops_everything(tmp_path):
+    """Ctrl-C right after the banner: KeyboardInterrupt raised inside watch(), after the watcher
+    thread was made and before it started. stop() must stop the children all the same (it raised
+    'cannot join thread before it is started' and left them running)."""
+    supervisor = Supervisor(lambda _text: None)
+    child = supervisor.start(_sh(tmp_path, "pod", "sleep 60"))
+    supervisor._thread = threading.Thread(target=supervisor._loop)  # made, never started
+    supervisor.stop([[child]])
+    assert gone(child.pid)

@@ -14,7 +14,7 @@ def test_demo_jobs_end_processed_failed_and_canceled_and_survive_a_restart(tmp_p
     data = tmp_path / "state"
     with UpProcess(data, "--demo") as up:
         up.expect("all sample jobs ended", timeout=90)
-        assert up.interrupt() == 0
+        assert up.interrupt() == 0, up.output()
     lines = up.output()
     ended = dict(re.findall(r"demo: '(\w+)' ended (\w+)", lines))
     assert ended == {"succeeds": "processed", "fails": "failed", "canceled": "canceled"}
@@ -30,5 +30,5 @@ def test_demo_jobs_end_processed_failed_and_canceled_and_survive_a_restart(tmp_p
         client = redis.Redis.from_url(url, decode_responses=True)
         statuses = [client.hget(Keys("dispatch").job(job_id), "status") for job_id in ids]
         client.close()
-        assert up.interrupt() == 0
+        assert up.interrupt() == 0, up.output()
     assert sorted(str(s) for s in statuses) == ["canceled", "failed", "processed"]

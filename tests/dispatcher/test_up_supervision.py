@@ -48,7 +48,7 @@ def test_a_killed_pod_is_restarted_and_a_job_submitted_afterwards_completes(tmp_
             record = client.wait(job_id, timeout=60)
         assert record["status"] == "processed", record
         assert record["stdout"] == "after the restart\n"
-        assert up.interrupt() == 0
+        assert up.interrupt() == 0, up.output()
 
 
 def test_ctrl_c_during_a_job_leaves_no_job_process_behind(tmp_path, settings):
@@ -66,7 +66,7 @@ def test_ctrl_c_during_a_job_leaves_no_job_process_behind(tmp_path, settings):
             main_pid = int(_wait_for_file(pids / "main"))
             child_pid = int(_wait_for_file(pids / "child"))
             assert proctree.alive(main_pid) and proctree.alive(child_pid)
-            assert up.interrupt() == 0
+            assert up.interrupt() == 0, up.output()
             record = client.get(job_id)
     assert "stopping: runners first" in up.output()
     assert "runner local-1 stopped (status 0)" in up.output()
@@ -82,11 +82,11 @@ def test_up_restarted_right_after_a_stop_binds_the_same_port(tmp_path, settings)
         with Client(settings) as client:  # traffic through the pod: connections it closes first
             job_id = client.submit("local", {"command": ["true"]})
             assert client.wait(job_id, timeout=60)["status"] == "processed"
-        assert first.interrupt() == 0
+        assert first.interrupt() == 0, first.output()
     with _up(tmp_path, settings, port=first.port) as second:
         second.expect(rf"^  pod +http://127\.0\.0\.1:{first.port} ")
         second.expect("Job log:")
-        assert second.interrupt() == 0
+        assert second.interrupt() == 0, second.output()
 
 
 def test_up_survives_a_restart_of_its_external_redis(tmp_path):
@@ -111,7 +111,7 @@ def test_up_survives_a_restart_of_its_external_redis(tmp_path):
                 record = client.wait(job_id, timeout=60)
             assert record["status"] == "processed", record
             assert up.proc.poll() is None
-            assert up.interrupt() == 0
+            assert up.interrupt() == 0, up.output()
     finally:
         server.stop()
 

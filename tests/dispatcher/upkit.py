@@ -72,12 +72,20 @@ class UpProcess:
                 return match
 
     def output(self) -> str:
-        return "\n".join(self.lines)
+        """Every line seen so far, including those no ``expect`` has read yet."""
+        unread: list[str | None] = []
+        while not self._queue.empty():
+            unread.append(self._queue.get_nowait())
+        for line in unread:
+            self._queue.put(line)  # still there for a later ``expect``
+        return "\n".join([*self.lines, *(line for line in unread if line is not None)])
 
     def interrupt(self, timeout: float = 60.0) -> int:
-        """Ctrl-C: SIGINT, then wait for `up` to exit; its exit status."""
+        """Ctrl-C: SIGINT, then wait for `up` to exit (and for its last lines); its exit status."""
         self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)  # every line it printed is in ``lines`` (for assertion messages)
+        return code
 
     def close(self) -> None:
         """Make sure `up` and everything it started are gone."""
