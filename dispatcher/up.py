@@ -356,10 +356,14 @@ def watch(settings: Settings, url: str, demo_spec: str | None) -> None:
     client = Client(settings)
     demo = Demo(client, demo_spec) if demo_spec else None
     try:
-        # start from the stream's current end, so the demo's own events are not missed
-        since = client.last_event_id()
+        # start from the stream's current end, so the demo's own events are not missed (Redis
+        # may go away at any moment from here on, also before this first read)
+        since = first_cursor(client, url)
         if demo is not None:
-            demo.submit()
+            try:
+                demo.submit()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                console(f"demo: Redis did not answer ({exc}); no sample jobs")
         for fields in follow(client, since, url):
             print_event(fields)
             if demo is not None:
@@ -371,6 +375,15 @@ def watch(settings: Settings, url: str, demo_spec: str | None) -> None:
         client.close()
 
 
+def first_cursor(client: Client, url: str) -> str:
+    """The newest event's id, waiting out a Redis outage (reported like ``follow`` does)."""
+    while True:
+        try:
+            return client.last_event_id()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            wait_out_outage(url, exc)
+
+
 def follow(client: Client, since: str, url: str) -> Iterator[dict[str, Any]]:
     """The event stream after ``since``, across Redis outages (reported in one line each)."""
     cursor = since
@@ -380,11 +393,16 @@ def follow(client: Client, since: str, url: str) -> Iterator[dict[str, Any]]:
                 cursor = fields["id"]
                 yield fields
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            reason = " ".join(str(exc).split())
-            console(f"lost Redis at {shown_url(url)} ({reason}); waiting for it to come back")
-            while redis_problem(url, timeout=1.0) is not None:
-                time.sleep(1.0)
-            console(f"Redis at {shown_url(url)} answers again")
+            wait_out_outage(url, exc)
+
+
+def wait_out_outage(url: str, exc: Exception) -> None:
+    """Say Redis is gone, wait until it answers again, say so."""
+    reason = " ".join(str(exc).split())
+    console(f"lost Redis at {shown_url(url)} ({reason}); waiting for it to come back")
+    while redis_problem(url, timeout=1.0) is not None:
+        time.sleep(1.0)
+    console(f"Redis at {shown_url(url)} answers again")
 
 
 def print_event(fields: dict[str, Any]) -> None:
