@@ -86,11 +86,7 @@ def process_batch(
     ctx: WriterContext | None = None,
 ) -> dict[str, int]:
     """Record a batch of outbox entries; counts of entries and of records this call changed."""
-    ctx = ctx or context()
-    conn = ctx.connection(connection)
-    keys = Keys(namespace)
-    call = functions.record(keys, list(entries), ctx.retention, ctx.sink_names)
-    outcome = functions.run_sync(conn, call)
+    outcome = _record(namespace, list(entries), connection, ctx)
     changed = sum(1 for _, c in outcome if c)
     log.info("recorded %d of %d results", changed, len(entries))
     return {"entries": len(entries), "recorded": changed}
@@ -109,11 +105,16 @@ def process_result(
     The task of the previous release (one result per rq job, still queued during an upgrade),
     and a handy call for scripts and tests (``connection=``).
     """
+    return _record(namespace, [f"{job_id}:{int(attempt)}"], connection, ctx)[0][0]
+
+
+def _record(
+    namespace: str, entries: list[str], connection: redis.Redis | None, ctx: WriterContext | None
+) -> list[tuple[str, bool]]:
+    """One ``record`` function call: per entry, the status afterwards and whether it changed."""
     ctx = ctx or context()
-    conn = ctx.connection(connection)
-    keys = Keys(namespace)
-    call = functions.record(keys, [f"{job_id}:{int(attempt)}"], ctx.retention, ctx.sink_names)
-    return functions.run_sync(conn, call)[0][0]
+    call = functions.record(Keys(namespace), entries, ctx.retention, ctx.sink_names)
+    return functions.run_sync(ctx.connection(connection), call)
 
 
 def sink_batch(
