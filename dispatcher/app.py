@@ -23,8 +23,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """200 only while Redis answers and the doorbell subscription is live."""
+    """200 only while Redis answers and the doorbell subscription is live; 503 from the moment
+    the pod starts draining (first SIGTERM), so a load balancer sends it no new runner."""
     pod: Pod = request.app.state.pod
+    if pod.stopping:
+        return JSONResponse({"ready": False, "pod": pod.id, "draining": True}, status_code=503)
     if await pod.ready():
         return JSONResponse({"ready": True, "pod": pod.id})
     return JSONResponse({"ready": False, "pod": pod.id}, status_code=503)
