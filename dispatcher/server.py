@@ -1,5 +1,9 @@
 """Serve one pod with uvicorn: `dispatcher serve`.
 
+uvicorn binds the socket, runs the lifespan and parses HTTP behind the guard
+(``dispatcher.guard``); an upgraded connection is served by ``dispatcher.wsprotocol`` (our own
+WebSocket protocol on websockets' sans-I/O core, passed through uvicorn's public ``ws`` option).
+
 On the first SIGTERM/SIGINT the pod closes every channel itself with 1001 ("going away; reconnect
 to any pod") before uvicorn shuts down, because uvicorn would close them with 1012. A second
 signal falls through to uvicorn's own handling (immediate exit).
@@ -15,89 +19,16 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from dispatcher import logredact
 from dispatcher.app import create_app
-from dispatcher.guard import HandshakeGate, Ticket, guarded
+from dispatcher.guard import HandshakeGate, guarded
 from dispatcher.headlimits import HeadLimits
 from dispatcher.pod import Pod
 from dispatcher.settings import Settings
+from dispatcher.wsprotocol import ChannelProtocol
 
 log = logging.getLogger(__name__)
-
-
-class ChannelProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, with these differences:
-
-    - a text frame that is not UTF-8 is closed 1007 *with a reason*: PROTOCOL.md says every close
-      carries one, and uvicorn's own handling of that case sends none (and never reaches the
-      application);
-    - a refusal sent by the application (``send_denial_response``: 401, 429, 503) completes the
-      handshake. uvicorn leaves ``handshake_complete`` false after such a response, so when the
-      application returns it logs "ASGI callable returned without completing handshake" at ERROR
-      for every refused runner (and tries to send a 500 it then skips);
-    - a request head that the websockets parser itself refuses (its own line and header limits)
-      gets the 414/431 response that parser prepared: uvicorn never wrote it nor closed the socket.
-      The guard in front (``dispatcher.guard``) has tighter limits, so this is a second line;
-    - the handshake's ``Ticket`` (pending count and deadline, ``dispatcher.guard``) comes over
-      from the HTTP protocol and is given back once the handshake is answered either way.
-    """
-
-    _ticket: Ticket | None = None
-
-    def adopt_ticket(self, ticket: Ticket) -> None:
-        """Hold the handshake's ticket until the handshake is answered (or the deadline)."""
-        if self.handshake_complete or self.transport.is_closing():
-            ticket.release()
-            return
-        self._ticket = ticket
-        ticket.on_expire = self._handshake_expired
-
-    def _handshake_expired(self) -> None:
-        self._ticket = None
-        if not self.handshake_complete and not self.transport.is_closing():
-            log.info("handshake from %s not answered in time; closing", self.client)
-            self.transport.close()
-
-    def _release_ticket(self) -> None:
-        if self._ticket is not None:
-            self._ticket.release()
-            self._ticket = None
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if (
-            not self.handshake_initiated
-            and self.conn.handshake_exc is not None
-            and not self.transport.is_closing()
-        ):
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.handshake_complete = True
-            self.close_sent = True
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._release_ticket()
-        super().connection_lost(exc)
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
-            self.handshake_complete = True  # the refusal is the handshake's answer
-        if self.handshake_complete:
-            self._release_ticket()
-
-    def send_receive_event_to_app(self) -> None:
-        if self.curr_msg_data_type == "text" and not self.close_sent:
-            try:
-                b"".join(self.frames).decode()
-            except UnicodeDecodeError:
-                self.frames = []
-                self.conn.send_close(1007, "text frame is not valid UTF-8")
-                self.handle_parser_exception()
-                return
-        super().send_receive_event_to_app()
 
 
 class PodServer(uvicorn.Server):
@@ -155,7 +86,7 @@ def build_server(
         host=host,
         port=port,
         http=guarded(gate),
-        ws=ChannelProtocol,
+        ws=ChannelProtocol,  # uvicorn's public option: the upgraded connection's protocol class
         # X-Forwarded-For is read by the handshake itself, only from DISPATCHER_TRUSTED_PROXIES
         proxy_headers=False,
         ws_max_size=settings.max_message_bytes,
