@@ -69,6 +69,7 @@ class ProducerConfig(msgspec.Struct):
     redis_url: str
     namespace: str
     out: str
+    results_redis_url: str = ""  # a cluster's rq Redis (the client's Settings require it there)
     mode: str = "rate"
     rate: float = 100.0
     duration: float = 20.0

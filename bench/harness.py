@@ -15,7 +15,7 @@ import redis.asyncio
 from bench import common, metrics
 from bench.common import ProducerConfig, ProducerResult, SimConfig, SimResult, SimRunner
 from bench.procs import Child, Procs, free_port, http_status
-from dispatcher import admin
+from dispatcher import admin, redisconn
 from dispatcher.keys import Keys
 
 
@@ -50,6 +50,8 @@ class Harness:
     compression: bool = True
     postgres_url: str = ""  # the results scenario's postgres sink ("" = skip that phase)
     results_phases: tuple[str, ...] = ()  # phases of the results scenario (() = all)
+    results_redis_url: str = ""  # DISPATCHER_RESULTS_REDIS_URL ("" = rq on the same Redis)
+    tagged: bool = False  # hash-tagged namespaces ({name}), as a Redis Cluster requires
 
     @property
     def redis_port(self) -> int:
@@ -62,10 +64,14 @@ class Harness:
             f.write(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {message}\n")
 
     def ns(self, suffix: str) -> str:
-        return f"{self.run_ns}-{suffix}"
+        name = f"{self.run_ns}-{suffix}"
+        return "{" + name + "}" if self.tagged else name
 
     def env(self, ns: str, **extra: str) -> dict[str, str]:
-        return {"DISPATCHER_REDIS_URL": self.redis_url, "DISPATCHER_NAMESPACE": ns, **extra}
+        env = {"DISPATCHER_REDIS_URL": self.redis_url, "DISPATCHER_NAMESPACE": ns, **extra}
+        if self.results_redis_url:
+            env["DISPATCHER_RESULTS_REDIS_URL"] = self.results_redis_url
+        return env
 
     # -- servers ------------------------------------------------------------------------------
 
@@ -117,7 +123,7 @@ class Harness:
         """Register ``count`` runners of the bench spec, runner k on pod k mod len(pods)."""
 
         def work() -> list[SimRunner]:
-            client = redis.Redis.from_url(self.redis_url)
+            client = redisconn.sync_client(self.redis_url)
             keys = Keys(ns)
             try:
                 out = []
@@ -210,6 +216,7 @@ class Harness:
         cfg_path = self.work_dir / f"producer-{len(self.procs.children) + 1:03d}.json"
         cfg = ProducerConfig(
             redis_url=self.redis_url,
+            results_redis_url=self.results_redis_url,
             namespace=ns,
             out=str(cfg_path.with_suffix(".out.json")),
             mode=mode,

@@ -20,6 +20,7 @@ import time
 import redis
 
 from bench.common import ProducerConfig, ProducerResult, dump, load, say
+from dispatcher import redisconn
 from dispatcher.client import Client
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
@@ -76,8 +77,10 @@ def produce(cfg: ProducerConfig, client: Client, probe: redis.Redis) -> Producer
 
 def main() -> None:
     cfg = load(sys.argv[1], ProducerConfig)
-    settings = Settings(redis_url=cfg.redis_url, namespace=cfg.namespace)
-    probe = redis.Redis.from_url(cfg.redis_url)
+    settings = Settings(
+        redis_url=cfg.redis_url, namespace=cfg.namespace, results_redis_url=cfg.results_redis_url
+    )
+    probe = redisconn.sync_client(cfg.redis_url)
     with Client(settings) as client:
         probe.ping()
         say("ready")
