@@ -14,9 +14,28 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 Jitter = Literal["full", "decorrelated"]
+
+
+class Delays(Protocol):
+    """What the runner machine asks of its reconnect policy: a ``Backoff``, or a
+    ``runner.failover.Failover`` over several URLs."""
+
+    @property
+    def cap(self) -> float:
+        """The longest delay."""
+        ...
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt, in seconds."""
+        ...
+
+    def reset(self) -> None:
+        """A connection succeeded."""
+        ...
+
 
 # 2**60 s is far beyond any cap; stopping the exponent there keeps the float finite forever.
 _MAX_EXPONENT = 60

@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import logging
 from collections.abc import Callable
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
@@ -32,12 +32,20 @@ def channel_url(base: str, runner: str) -> str:
     """``http(s)://HOST[:PORT][/prefix]`` -> ``ws(s)://HOST[:PORT][/prefix]/v1/runners/NAME/channel``."""
     parts = urlsplit(base)
     scheme = _SCHEMES.get(parts.scheme)
-    if scheme is None or not parts.hostname:
+    if scheme is None or not parts.hostname or not _valid_port(parts):
         raise ValueError(f"the dispatcher URL must look like http(s)://HOST:PORT, not {base!r}")
     if not runner:
         raise ValueError("the runner name must not be empty")
     path = f"{parts.path.rstrip('/')}/v1/runners/{quote(runner, safe='')}/channel"
     return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _valid_port(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 - reading it checks it (a number, 0..65535)
+    except ValueError:
+        return False
+    return True
 
 
 async def open_channel(url: str, token: str, *, open_timeout: float) -> ClientConnection:

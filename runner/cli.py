@@ -1,8 +1,12 @@
 """``dispatch-runner``: the command that runs the reference runner agent.
 
-    dispatch-runner --url http(s)://HOST:PORT --runner NAME --token TOKEN
+    dispatch-runner --url http(s)://HOST:PORT [--url ...] --runner NAME --token TOKEN
         [--poll-timeout S] [--state-dir DIR] [--drain-timeout S] [--kill-grace S]
         [--work-dir DIR] [--log-format text|json] [--job-user NAME]
+
+``--url`` may be repeated (or hold a comma-separated list): the agent then fails over between the
+pods with back-off (``runner.failover``). Every URL is checked at start; a bad one is one line on
+stderr and exit status 2.
 
 The token may come from ``DISPATCH_RUNNER_TOKEN`` instead of ``--token``; prefer that, since other
 users of the host can read a command line. A ``--token`` value is overwritten in ``sys.argv`` and,
@@ -29,8 +33,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from runner import __version__
-from runner.channel import channel_url
-from runner.config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_STATE_DIR, TOKEN_ENV, AgentConfig
+from runner.config import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_STATE_DIR,
+    TOKEN_ENV,
+    AgentConfig,
+    check_urls,
+    split_urls,
+)
 from runner.driver import Agent
 from runner.executor import DEFAULT_KILL_GRACE, WorkDirError
 from runner.jobuser import JOB_USER_ENV, JobUserError, reach_problem, resolve_job_user
@@ -63,6 +73,8 @@ examples:
   {TOKEN_ENV}=... dispatch-runner --url http://127.0.0.1:8000 --runner local-1
   {TOKEN_ENV}=... dispatch-runner --url https://dispatch.example.com --runner build-01 \\
       --state-dir /var/lib/dispatch-runner --log-format json
+  {TOKEN_ENV}=... dispatch-runner --runner build-01 \\
+      --url http://pod-a.internal:8000 --url http://pod-b.internal:8000   # fails over between them
 
 environment:
   {TOKEN_ENV}  the runner's token (from `dispatcher runner add` or `rotate`); preferred
@@ -92,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--url", required=True, help="dispatcher base URL, http(s)://HOST:PORT")
+    p.add_argument(
+        "--url",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="dispatcher base URL, http(s)://HOST:PORT; repeat it (or separate with commas) to "
+        "fail over between several pods",
+    )
     p.add_argument("--runner", required=True, help="this runner's name, as registered")
     p.add_argument("--token", help=f"runner token (better: set {TOKEN_ENV})")
     p.add_argument("--poll-timeout", type=_number(int, 1, 900), default=30, help="long poll, s")
@@ -153,9 +172,10 @@ def make_config(
     if not token:
         parser.error(f"no token: pass --token or set {TOKEN_ENV}")
     try:
-        channel_url(args.url, args.runner)
-    except ValueError as exc:
-        parser.error(str(exc))
+        urls = split_urls(args.url)
+        check_urls(urls, args.runner)
+    except ValueError as exc:  # one line, no usage: the operator sees which URL is wrong
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     job_user = None
     if user_name := args.job_user or environ.get(JOB_USER_ENV):
         try:
@@ -163,7 +183,7 @@ def make_config(
         except JobUserError as exc:
             parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return AgentConfig(
-        url=args.url,
+        urls=urls,
         runner=args.runner,
         token=token,
         state_dir=args.state_dir,
@@ -206,7 +226,7 @@ async def _run(agent: Agent) -> int:
         "dispatch-runner %s: runner %r at %s",
         __version__,
         agent.config.runner,
-        agent.config.channel_url,
+        ", ".join(agent.config.channel_urls),
     )
     return await agent.run()
 

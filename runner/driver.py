@@ -25,6 +25,12 @@ while no job runs the agent exits with status 3, leaving any held result in the 
 is running is never abandoned for this: the agent keeps trying until the job has ended. HTTP 429
 waits at least the ``Retry-After`` the dispatcher sent.
 
+Several dispatcher URLs: a ``Failover`` (``runner.failover``) picks the URL of each connection
+attempt and is the machine's source of reconnect delays. It sees every input the machine sees, with
+the same time, just before the machine does, so when the machine asks for a delay the policy
+already knows how the attempt or the session ended. Re-attaching after a reconnect (``running``)
+works the same on any URL: the job's record is in the shared Redis, not in a pod.
+
 Exit status: 0 after a normal shutdown, 1 after a forced one, 3 after repeated token refusals.
 """
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import platform
 import socket
@@ -66,6 +73,7 @@ from runner.events import (
     Tick,
 )
 from runner.executor import Executor, ExecutorConfig
+from runner.failover import Failover
 from runner.machine import MachineConfig, RunnerMachine
 from runner.procgroup import ProcessGroup, stop_group
 from runner.spool import CurrentJob, Spool
@@ -91,7 +99,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, backoff: Backoff | None = None) -> None:
         self.config = config
-        self._backoff = backoff
+        self._failover = Failover(
+            config.channel_urls, backoff or Backoff(), healthy_after=config.healthy_session
+        )
         self._machine: RunnerMachine | None = None
         self._inbox: asyncio.Queue[tuple[int | None, Input]] = asyncio.Queue()
         self._spool = Spool(config.spool_dir)
@@ -130,7 +140,7 @@ class Agent:
         with self._spool:
             self._executor.prepare()
             held = await self._recover()
-            machine = RunnerMachine(self._machine_config(), backoff=self._backoff, held=held)
+            machine = RunnerMachine(self._machine_config(), backoff=self._failover, held=held)
             self._machine = machine
             if stop is not None:
                 self._spawn(self._forward(stop), self._background)
@@ -166,14 +176,18 @@ class Agent:
     def _feed(self, machine: RunnerMachine, event: Input) -> list[Effect]:
         now = self._now()
         try:
-            return machine.handle(event, now)
+            return self._handle(machine, event, now)
         except RemoteProtocolError as exc:
             log.error("%s; closing the connection", exc)
             self._close(exc.close_code or 1008, "message not allowed now")
-            return machine.handle(ConnectionLost(reason=str(exc)), now)
+            return self._handle(machine, ConnectionLost(reason=str(exc)), now)
         except LocalProtocolError:
             log.exception("ignored an impossible input (a bug in dispatch-runner)")
             return []
+
+    def _handle(self, machine: RunnerMachine, event: Input, now: float) -> list[Effect]:
+        self._failover.observe(event, now)  # first: the machine may ask it for a delay
+        return machine.handle(event, now)
 
     async def _perform(self, effect: Effect) -> int | None:
         match effect:
@@ -208,18 +222,18 @@ class Agent:
         def put(event: Input) -> None:
             self._inbox.put_nowait((generation, event))
 
+        url = self._failover.url
         try:
-            ws = await open_channel(
-                self.config.channel_url, self.config.token, open_timeout=self.config.open_timeout
-            )
+            ws = await open_channel(url, self.config.token, open_timeout=self.config.open_timeout)
         except Exception as exc:  # every failure is an input: nothing may stop the agent here
-            put(connect_failure(exc, time.time()))
+            failure = connect_failure(exc, time.time())
+            put(dataclasses.replace(failure, error=f"{failure.error} at {url}"))
             return
         if generation != self._generation:  # abandoned while connecting (shutdown)
             await ws.close(1001, "runner shutting down")
             return
         self._ws = ws
-        log.info("connected to %s", self.config.channel_url)
+        log.info("connected to %s", url)
         put(Connected())
         await read_messages(ws, put)
 

@@ -47,7 +47,7 @@ from dispatch_protocol.messages import (
     Running,
     Terminal,
 )
-from runner.backoff import Backoff
+from runner.backoff import Backoff, Delays
 from runner.events import (
     CancelJob,
     Close,
@@ -102,11 +102,11 @@ class RunnerMachine:
         self,
         config: MachineConfig | None = None,
         *,
-        backoff: Backoff | None = None,
+        backoff: Delays | None = None,
         held: Terminal | None = None,
     ) -> None:
         self._cfg = config or MachineConfig()
-        self._backoff = backoff or Backoff()
+        self._backoff: Delays = backoff or Backoff()
         self._state = State.DISCONNECTED
         self._held = held  # terminal message written to the spool and not yet acknowledged
         self._job: Job | None = None  # the job whose process is running

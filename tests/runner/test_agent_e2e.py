@@ -167,7 +167,7 @@ async def agent_running(env: Env, pod: RunningPod, **options: Any) -> AsyncItera
     """An in-process agent for the whole block; it must shut down cleanly (status 0) at the end."""
     settings: dict[str, Any] = {"open_timeout": 2.0, "kill_grace": 0.5, **options}
     config = AgentConfig(
-        url=pod.url,
+        urls=(pod.url,),
         runner=RUNNER,
         token=env.token,
         state_dir=env.state_dir,
@@ -525,7 +525,7 @@ async def test_a_revoked_token_closes_the_channel_and_the_agent_gives_up(
 ) -> None:
     pod = await env.pod()
     config = AgentConfig(
-        url=pod.url,
+        urls=(pod.url,),
         runner=RUNNER,
         token=env.token,
         state_dir=env.state_dir,
@@ -539,7 +539,7 @@ async def test_a_revoked_token_closes_the_channel_and_the_agent_gives_up(
         functions.run_sync(conn, functions.runner_revoke(env.keys, RUNNER))
     assert await asyncio.wait_for(task, 10) == 3  # documented: repeated token refusals
     assert "connection lost (close code 4001" in agent_log.text
-    assert agent_log.text.count("token refused by the dispatcher (HTTP 401)") == 3
+    assert agent_log.text.count("token refused by the dispatcher (HTTP 401 at ") == 3
     assert env.token not in agent_log.text
 
 
@@ -665,7 +665,7 @@ async def test_a_draining_agent_delivers_its_result_through_a_pod_restart(
     pod is down; a pod is back on the URL 0.5 s later, well within the drain timeout."""
     first = await env.restartable_pod()
     config = AgentConfig(
-        url=first.url,
+        urls=(first.url,),
         runner=RUNNER,
         token=env.token,
         state_dir=env.state_dir,

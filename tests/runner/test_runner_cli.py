@@ -25,7 +25,7 @@ def config(argv: list[str], environ: dict[str, str] | None = None) -> AgentConfi
 def test_defaults() -> None:
     cfg = config([*ARGS, "--token", "t0k"])
     assert (cfg.token, cfg.poll_timeout, cfg.state_dir) == ("t0k", 30, Path(".dispatch-runner"))
-    assert cfg.channel_url == "ws://d:8080/v1/runners/r1/channel"
+    assert cfg.channel_urls == ("ws://d:8080/v1/runners/r1/channel",)
     assert cfg.job_dir == Path(".dispatch-runner/r1/work")
 
 

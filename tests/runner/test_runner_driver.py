@@ -84,7 +84,7 @@ async def dispatcher(script: Script, status: HTTPStatus | None = None) -> AsyncI
 
 def agent(url: str, tmp_path: Path, **options: Any) -> Agent:
     config = AgentConfig(
-        url=url,
+        urls=(url,),
         runner="r1",
         token=TOKEN,
         state_dir=tmp_path / "state",
