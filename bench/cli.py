@@ -25,13 +25,13 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from bench import deps, report, resultspath, resultsreport, scenarios
+from bench import deps, floor, floormd, floorreport, report, resultspath, resultsreport, scenarios
 from bench.harness import Harness, delete_namespace
 from bench.procs import ROOT, Procs, free_port
 from bench.scenarios import MODES, Size
 
 SCENARIOS = ("latency", "throughput", "idle", "connections", "lostbell")
-EXTRA_SCENARIOS = ("results",)  # run only when named: `--scenario results`
+EXTRA_SCENARIOS = ("results", "floor")  # run only when named: `--scenario results`
 DEFAULT_RESULTS = ROOT / "bench" / "results"
 QUICK_RESULTS = DEFAULT_RESULTS / "tmp" / "quick"
 PACKAGES = ("websockets", "redis", "hiredis", "uvicorn", "uvloop", "starlette", "msgspec", "rq")
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=[*SCENARIOS, *EXTRA_SCENARIOS, "all"],
-        help="scenario to run (repeatable; default: all = the first five; 'results' runs only "
-        "when named)",
+        help="scenario to run (repeatable; default: all = the first five; 'results' and 'floor' "
+        "(issue 11: pub/sub vs poll vs plain rq, side by side) run only when named)",
     )
     p.add_argument(
         "--quick",
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sizes(args: argparse.Namespace, names: list[str]) -> dict[str, Size]:
-    base = scenarios.QUICK if args.quick else scenarios.FULL
+    base = (scenarios.QUICK | floor.QUICK) if args.quick else (scenarios.FULL | floor.FULL)
     out = {}
     for name in names:
         size = base[name]
@@ -313,6 +313,8 @@ async def run(args: argparse.Namespace) -> int:
     data["targets"] = report.evaluate(data["scenarios"])
     if "results" in data["scenarios"]:
         data["targets"] += resultsreport.evaluate(data["scenarios"]["results"])
+    if "floor" in data["scenarios"]:
+        data["targets"] += floorreport.evaluate(data["scenarios"]["floor"])
     write_outputs(args, data, results_dir, names)
     return 1 if data["errors"] else 0
 
@@ -351,6 +353,8 @@ async def run_scenario(h: Harness, name: str, size: Size, data: dict[str, Any]) 
         runs = [(None, functools.partial(scenarios.throughput, h, size))]
     elif name == "connections":
         runs = [(None, functools.partial(scenarios.connections, h, size))]
+    elif name == "floor":
+        runs = [(None, functools.partial(floor.floor, h, size))]
     elif name == "results":
         runs = [(None, functools.partial(resultspath.results, h, size))]
     else:
@@ -396,6 +400,8 @@ def headline(name: str, r: dict[str, Any]) -> str:
             f"FCALL/s), pods {r['pod_cpu_percent_total']} % CPU"
             + (" [other Redis clients active]" if r["contaminated"] else "")
         )
+    if name == "floor":
+        return floorreport.headline(r)
     if name == "results":
         failed = r.get("errors") or {}
         return f"{len(r['phases'])} phase(s) done" + (
@@ -424,6 +430,11 @@ def write_outputs(
     data["files"] = {"json": _rel(json_path), "png": _rel(png_path)}
     if "results" in data["scenarios"]:
         data["files"]["results_png"] = _rel(results_png)
+    floor_md = results_dir / f"floor-{data['run_id']}.md"
+    if "floor" in data["scenarios"]:
+        data["files"]["markdown"] = _rel(floor_md)
+        if not five and "results" not in data["scenarios"]:
+            data["files"]["png"] = None  # the floor scenario draws no chart
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     if five:
         report.write_chart(png_path, data)
@@ -443,6 +454,18 @@ def write_outputs(
         write = False
     if write:
         report.write_summary(summary, data)
+    if "floor" in data["scenarios"]:
+        floor_md.write_text(floormd.render(data))
+        print(floormd.render_table(data))
+        floor_full = not args.quick and all(
+            getattr(args, f) is None for f in ("runners", "duration")
+        )
+        if args.summary == "yes" or (
+            args.summary == "auto"
+            and (floor_full or results_dir.resolve() != DEFAULT_RESULTS.resolve())
+        ):
+            floormd.write_summary(summary, data)
+            write = True
     # the results block: a full-size run of every phase, or any run into another directory
     results_full = (
         not args.quick
@@ -472,7 +495,7 @@ def write_outputs(
     for label, error in data["errors"].items():
         print(f"  FAILED {label}: {error}")
     print(
-        f"\n[bench] wrote {_rel(json_path)}, {_rel(png_path)}"
+        f"\n[bench] wrote {', '.join(str(f) for f in data['files'].values() if f)}"
         + (f", {_rel(summary)}" if write else " (SUMMARY.md unchanged: partial or quick run)")
         + f" in {data['wall_time_s']} s"
     )

@@ -1,0 +1,149 @@
+"""``python -m bench --scenario floor``: issue 11's figures, side by side in one run.
+
+Steps, one after the other on the same Redis (each in a fresh namespace, its processes stopped
+and its keys deleted before the next):
+
+- (a) ``small``: 10 idle runners on 2 pods, 10 jobs/s for 20 s — pub/sub, poll, plain rq;
+- (b) ``headline``: 1,000 idle runners on 2 pods, 100 jobs/s for 20 s — pub/sub, poll, plain
+  rq (the load of the issue's latency targets), and ``idle``: the same 1,000 runners with no
+  jobs, Redis commands/s in both modes;
+- ``throughput``: acknowledged full lifecycles/s on 2 pods (``scenarios.throughput``);
+- ``connmem``: pod RSS per idle runner, 10,000 on one pod — ``bench.connmem`` when that module
+  exists (see ``CONNMEM_HOOK``), else ``scenarios.connections``, which measures the same RSS delta.
+
+The dispatcher's steps reuse ``bench.scenarios`` as they are; plain rq is ``bench.peers``. A step
+that fails is recorded and the others still run. Targets and Markdown: ``bench.floorreport``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench import peers, scenarios
+from bench.harness import Harness
+from bench.scenarios import Size
+
+# The pod-memory hook: a module ``bench.connmem`` with ``async def connmem(h, size) -> dict`` whose
+# result holds ``rss_per_connection_kib`` (the key ``scenarios.connections`` uses). Called when
+# present; its failure falls back to ``scenarios.connections``, with the reason in the report.
+CONNMEM_HOOK = ("bench.connmem", "connmem")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of every step of one floor run."""
+
+    small: Size
+    headline: Size
+    idle: Size
+    throughput: Size
+    connmem: Size
+
+
+FULL: dict[str, Size] = {
+    "floor": Size(runners=1000, pods=2, duration=20, rate=100, writers=1, per_process=500)
+}
+QUICK: dict[str, Size] = {
+    "floor": Size(runners=6, pods=2, duration=1.5, rate=20, per_process=3, settle=0.2)
+}
+
+
+def plan(headline: Size, quick: bool) -> Plan:
+    """Every step's size from the headline step's (``--runners``/``--duration`` change it)."""
+    base = scenarios.QUICK if quick else scenarios.FULL
+    small_runners = 3 if quick else 10
+    return Plan(
+        small=dataclasses.replace(
+            headline, runners=small_runners, rate=headline.rate / 10, per_process=small_runners
+        ),
+        headline=headline,
+        idle=dataclasses.replace(
+            headline, writers=0, duration=headline.duration if quick else 30.0
+        ),
+        throughput=base["throughput"],
+        connmem=base["connections"],
+    )
+
+
+Step = tuple[str, Callable[[], Awaitable[dict[str, Any]]]]
+
+
+def steps(h: Harness, p: Plan) -> list[Step]:
+    out: list[Step] = []
+    for name, size in (("small", p.small), ("headline", p.headline)):
+        out += [
+            (f"{name}/pubsub", functools.partial(scenarios.latency, h, size, "pubsub")),
+            (f"{name}/poll", functools.partial(scenarios.latency, h, size, "poll")),
+            (f"{name}/rq", functools.partial(peers.rq_peer, h, size, name)),
+        ]
+    out += [
+        ("idle/pubsub", functools.partial(scenarios.idle, h, p.idle, "pubsub")),
+        ("idle/poll", functools.partial(scenarios.idle, h, p.idle, "poll")),
+        ("throughput", functools.partial(scenarios.throughput, h, p.throughput)),
+        ("connmem", functools.partial(connmem, h, p.connmem)),
+    ]
+    return out
+
+
+async def connmem(h: Harness, size: Size) -> dict[str, Any]:
+    """Pod RSS per idle runner: the hook when it is there, else ``scenarios.connections``."""
+    module, name = CONNMEM_HOOK
+    note = ""
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        note = f"`{module}.{name}` not present: measured by `bench.scenarios.connections`."
+    else:
+        try:
+            result: dict[str, Any] = await fn(h, size)
+        except Exception as exc:  # a hook with another shape must not lose the figure
+            note = f"`{module}.{name}` failed ({type(exc).__name__}: {exc}); fallback used."
+        else:
+            return {**result, "source": f"{module}.{name}"}
+    result = await scenarios.connections(h, size)
+    return {**result, "source": "bench.scenarios.connections", "hook_note": note}
+
+
+def _put(runs: dict[str, Any], step: str, result: dict[str, Any]) -> None:
+    group, _, system = step.partition("/")
+    if system:
+        runs.setdefault(group, {})[system] = result
+    else:
+        runs[group] = result
+
+
+async def floor(h: Harness, size: Size) -> dict[str, Any]:
+    """Run every step; a failing step is recorded, the others still run."""
+    p = plan(size, h.quick)
+    out: dict[str, Any] = {
+        "plan": {f.name: scenarios.size_dict(getattr(p, f.name)) for f in dataclasses.fields(p)},
+        "poll_interval_s": h.poll_interval,
+        "runs": {},
+        "errors": {},
+        "elapsed_s": {},
+        "loadavg": {"start": list(os.getloadavg())},
+    }
+    for step, run in steps(h, p):
+        h.log(f"floor: {step}")
+        print(f"[bench] floor/{step}: running ...", flush=True)
+        t = time.time()
+        try:
+            result = await run()
+        except Exception as exc:  # one step failing must not lose the others' figures
+            out["errors"][step] = f"{type(exc).__name__}: {exc}"
+            print(f"[bench] floor/{step}: FAILED: {exc}", flush=True)
+            continue
+        out["elapsed_s"][step] = round(time.time() - t, 1)
+        _put(out["runs"], step, result)
+        print(f"[bench] floor/{step}: done in {out['elapsed_s'][step]} s", flush=True)
+    out["loadavg"]["end"] = list(os.getloadavg())
+    if out["errors"] and not out["runs"]:
+        raise RuntimeError("; ".join(f"{k}: {v}" for k, v in out["errors"].items()))
+    return out
