@@ -60,6 +60,7 @@ from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from dispatcher import wsasgi
@@ -281,6 +282,17 @@ class ChannelProtocol(asyncio.Protocol):
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def _framing(self, handshake: ServerProtocol) -> ServerProtocol:
+        """A fresh protocol in the OPEN state, with the extensions the handshake agreed.
+
+        The handshake's parser generator keeps the parsed ``Request`` (headers and all, ~3 KB,
+        the bearer token among them) in a local variable for the connection's whole life; the
+        frames do not need it. A runner sends no frame before the 101 (RFC 6455, 4.1), so the
+        handshake protocol holds no unread bytes here."""
+        framing = ServerProtocol(state=State.OPEN, max_size=self._config.ws_max_size, logger=log)
+        framing.extensions = handshake.extensions
+        return framing
+
     async def _run_asgi(self) -> None:
         assert self.scope is not None
         try:
@@ -444,6 +456,7 @@ class ChannelProtocol(asyncio.Protocol):
                 raise Disconnected()
             self.conn.send_response(response)
             self._flush()
+            self.conn = self._framing(self.conn)
             log.info(
                 '%s - "WebSocket %s" [accepted]',
                 wsasgi.peer_text(self.client),
