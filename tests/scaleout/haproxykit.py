@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +101,48 @@ def server_sessions(stats_socket: Path) -> dict[str, int]:
         for r in rows
         if r.get("pxname") == BACKEND and r.get("svname") not in ("FRONTEND", "BACKEND")
     }
+
+
+def retries(stats_socket: Path) -> dict[str, int]:
+    """The backend's connection retries and redispatches so far (``wretr``, ``wredis``)."""
+    rows = parse_stat(runtime_api(stats_socket, "show stat"))
+    for row in rows:
+        if row.get("pxname") == BACKEND and row.get("svname") == "BACKEND":
+            return {
+                "retries": int(row.get("wretr") or 0),
+                "redispatches": int(row.get("wredis") or 0),
+            }
+    return {"retries": 0, "redispatches": 0}
+
+
+class StateWatch:
+    """Polls the pod servers' status every ``interval`` s in a thread and keeps every change as
+    (time.time(), server, old status, new status): when HAProxy took a pod out, and put it back."""
+
+    def __init__(self, stats_socket: Path, interval: float = 0.1) -> None:
+        self.stats_socket = stats_socket
+        self.interval = interval
+        self.changes: list[tuple[float, str, str, str]] = []
+        self._last: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                states = server_states(self.stats_socket)
+            except OSError:
+                continue
+            now = time.time()
+            for server, status in states.items():
+                old = self._last.get(server, status)
+                if status != old:
+                    self.changes.append((now, server, old, status))
+                self._last[server] = status

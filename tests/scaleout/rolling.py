@@ -97,6 +97,22 @@ class Outcome:
     sim: dict[str, Any]  # tests.scaleout.rollsim.Record as JSON
     sessions_after: dict[str, int]  # HAProxy's open connections per pod at the end
     runners: int
+    lb_changes: list[tuple[float, str, str, str]]  # (time, pod, old, new) HAProxy status
+    lb_retries: dict[str, int]  # the backend's connection retries and redispatches
+
+    def lb_lines(self) -> list[str]:
+        """HAProxy's view of the roll: each status change, relative to that pod's SIGTERM."""
+        sigterm = {r.pod: r.sigterm for r in self.restarts}
+        lines = [
+            f"HAProxy: {pod} {old} -> {new} at SIGTERM+{at - sigterm.get(pod, at):.1f} s"
+            for at, pod, old, new in self.lb_changes
+        ]
+        retried = self.lb_retries
+        lines.append(
+            f"HAProxy: {retried['retries']} connection retries, "
+            f"{retried['redispatches']} redispatched to another pod"
+        )
+        return lines
 
 
 class Producer:
@@ -307,6 +323,8 @@ class RollingWorld:
     def run(self) -> Outcome:
         producer = Producer(self)
         producer.start()
+        watch = haproxykit.StateWatch(self.stats_socket)
+        watch.start()
         restarts: list[Restart] = []
         try:
             time.sleep(self.size.before)  # load shape: the roll hits a system in full flow
@@ -316,11 +334,13 @@ class RollingWorld:
             time.sleep(self.size.after)  # load shape: the roll's aftermath under load
         finally:
             producer.stop()
+            watch.stop()
         ids = [s.job for s in producer.submitted]
         with contextlib.suppress(AssertionError):
             wait_for(lambda: self.all_final(ids), self.size.settle, "every job final", 0.25)
         records = self.job_records(ids)
         sessions = haproxykit.server_sessions(self.stats_socket)  # while every runner is on
+        lb_retries = haproxykit.retries(self.stats_socket)
         sim = self.stop_sim()
         result = tally(producer.submitted, records, self.executions(sim), (roll_start, roll_end))
         result.details.extend(f"submit failed: {e}" for e in producer.errors)
@@ -331,6 +351,8 @@ class RollingWorld:
             sim,
             sessions,
             self.size.runners,
+            watch.changes,
+            lb_retries,
         )
 
     # -- counting -------------------------------------------------------------------------------

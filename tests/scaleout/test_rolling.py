@@ -49,6 +49,7 @@ def test_rolling_restart_behind_haproxy_loses_and_doubles_no_job(world):
     report = "\n".join(
         [
             *(r.summary() for r in outcome.restarts),
+            *outcome.lb_lines(),
             *(f"{phase}: {stats.line()}" for phase, stats in result.latency.items()),
             *result.details[:20],
         ]
