@@ -7,6 +7,7 @@ Layout (one concept per module):
 - ``machine``: the sans-I/O protocol state machine (PROTOCOL.md, runner side);
 - ``results``: building (and shrinking) the terminal message for a finished job;
 - ``backoff``: pure reconnect back-off with jitter;
+- ``failover``: which of several dispatcher URLs to try next, and the delay before it (pure);
 - ``executor``: runs one job as a subprocess (process group, timeout, cancel, output caps);
 - ``spool``: the on-disk result spool and current-job record under ``--state-dir``;
 - ``procgroup``: a job's recorded process group, and ending it after the agent died;
