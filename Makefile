@@ -82,3 +82,5 @@ soak: setup
 	$(BIN)/python -m bench.flood
 # then the fault-injection suite at soak size (48 agents, twice the load, each fault 3 times)
 	FAULTS_SIZE=soak $(BIN)/pytest -q -s -p no:cacheprovider -o timeout=3600 tests/faults
+# then a rolling restart of 3 pods behind HAProxy under load, 300 runners (bench.rolling)
+	$(BIN)/python -m bench.rolling --runners 300
