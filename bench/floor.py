@@ -8,8 +8,8 @@ and its keys deleted before the next):
   rq (the load of the issue's latency targets), and ``idle``: the same 1,000 runners with no
   jobs, Redis commands/s in both modes;
 - ``throughput``: acknowledged full lifecycles/s on 2 pods (``scenarios.throughput``);
-- ``connmem``: pod RSS per idle runner, 10,000 on one pod — ``bench.connmem`` when that module
-  exists (see ``CONNMEM_HOOK``), else ``scenarios.connections``, which measures the same RSS delta.
+- ``connmem``: pod RSS per idle runner, 10,000 on one pod — ``python -m bench.connmem`` when
+  that module exists (see ``CONNMEM_HOOK``), else ``scenarios.connections`` (the same RSS delta).
 
 The dispatcher's steps reuse ``bench.scenarios`` as they are; plain rq is ``bench.peers``. A step
 that fails is recorded and the others still run. Targets and Markdown: ``bench.floorreport``.
@@ -17,9 +17,11 @@ that fails is recorded and the others still run. Targets and Markdown: ``bench.f
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
-import importlib
+import importlib.util
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -30,10 +32,12 @@ from bench import peers, scenarios
 from bench.harness import Harness
 from bench.scenarios import Size
 
-# The pod-memory hook: a module ``bench.connmem`` with ``async def connmem(h, size) -> dict`` whose
-# result holds ``rss_per_connection_kib`` (the key ``scenarios.connections`` uses). Called when
-# present; its failure falls back to ``scenarios.connections``, with the reason in the report.
-CONNMEM_HOOK = ("bench.connmem", "connmem")
+# The pod-memory hook: the module another engineer owns, run through its command line (its stable
+# surface): ``python -m bench.connmem --runners N --per-process P --redis-url URL --work-dir DIR
+# --out FILE`` writes a JSON object holding ``rss_per_connection_kib``. When the module is absent
+# or the run fails, ``scenarios.connections`` measures the same RSS delta, and the report says why.
+CONNMEM_HOOK = "bench.connmem"
+CONNMEM_TIMEOUT = 900.0  # s: 10,000 runners connect in ~15 s on an idle 2-core machine
 
 
 @dataclass(frozen=True)
@@ -94,21 +98,34 @@ def steps(h: Harness, p: Plan) -> list[Step]:
 
 async def connmem(h: Harness, size: Size) -> dict[str, Any]:
     """Pod RSS per idle runner: the hook when it is there, else ``scenarios.connections``."""
-    module, name = CONNMEM_HOOK
-    note = ""
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        note = f"`{module}.{name}` not present: measured by `bench.scenarios.connections`."
+    if importlib.util.find_spec(CONNMEM_HOOK) is None:
+        note = f"`{CONNMEM_HOOK}` not present: measured by `bench.scenarios.connections`."
     else:
         try:
-            result: dict[str, Any] = await fn(h, size)
+            return {**await _run_hook(h, size), "source": CONNMEM_HOOK}
         except Exception as exc:  # a hook with another shape must not lose the figure
-            note = f"`{module}.{name}` failed ({type(exc).__name__}: {exc}); fallback used."
-        else:
-            return {**result, "source": f"{module}.{name}"}
+            note = f"`{CONNMEM_HOOK}` failed ({type(exc).__name__}: {exc}); fallback used."
     result = await scenarios.connections(h, size)
     return {**result, "source": "bench.scenarios.connections", "hook_note": note}
+
+
+async def _run_hook(h: Harness, size: Size) -> dict[str, Any]:
+    work = h.work_dir / "connmem"
+    work.mkdir(exist_ok=True)
+    out = work / "result.json"
+    args = ["--runners", str(size.runners), "--per-process", str(size.per_process)]
+    args += ["--redis-url", h.redis_url, "--work-dir", str(work), "--out", str(out)]
+    child = await h.procs.python("connmem", CONNMEM_HOOK, *args, env={})
+    try:
+        code = await asyncio.wait_for(child.proc.wait(), CONNMEM_TIMEOUT)
+    finally:
+        await h.procs.stop(child, 10)
+    if code != 0 or not out.exists():
+        raise child.failure(f"exited {code} without its result")
+    result: dict[str, Any] = json.loads(out.read_text())
+    if not isinstance(result.get("rss_per_connection_kib"), int | float):
+        raise ValueError("its result has no rss_per_connection_kib")
+    return result
 
 
 def _put(runs: dict[str, Any], step: str, result: dict[str, Any]) -> None:
