@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo up test test-repeat lint bench clean soak clean-state
+.PHONY: setup demo up test test-repeat lint bench clean soak clean-state test-floor
 
 $(BIN)/dispatcher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,3 +84,18 @@ soak: setup
 	FAULTS_SIZE=soak $(BIN)/pytest -q -s -p no:cacheprovider -o timeout=3600 tests/faults
 # then a rolling restart of 3 pods behind HAProxy under load, 300 runners (bench.rolling)
 	$(BIN)/python -m bench.rolling --runners 300
+
+# The dependency floors of pyproject.toml, tested: every `name>=X` of [project] dependencies is
+# pinned to `name==X` in a separate venv (FLOOR_VENV), then a representative subset runs there
+# (the WebSocket layer and its handshake limits, close codes, `dispatcher serve`, the writers).
+FLOOR_VENV ?= .venv-floor
+FLOOR_TESTS ?= tests/dispatcher/test_wsprotocol.py tests/dispatcher/test_handshake_limits.py \
+	tests/dispatcher/test_channel_bad_input.py tests/dispatcher/test_channel_close.py \
+	tests/dispatcher/test_auth.py tests/dispatcher/test_serve.py tests/worker_bridge/test_tasks.py
+test-floor:
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(re.sub(r"\[.*\]", "", d).replace(">=", "==") for d in deps))' > $(FLOOR_VENV)/floor.txt
+	$(FLOOR_VENV)/bin/pip install --quiet -c $(FLOOR_VENV)/floor.txt -e '.[dev]'
+	$(FLOOR_VENV)/bin/pip freeze | grep -i -E "^($$(sed 's/==.*//' $(FLOOR_VENV)/floor.txt | paste -sd'|'))==" 
+	$(FLOOR_VENV)/bin/pytest -q -p no:cacheprovider $(FLOOR_TESTS)

@@ -126,7 +126,7 @@ def serve_child(args: argparse.Namespace) -> None:
         await serving
 
     # the loop `dispatcher serve` runs on (uvicorn's choice: uvloop when installed)
-    factory = config.get_loop_factory()
+    factory = getattr(config, "get_loop_factory", lambda: None)()
     if factory is None:
         asyncio.run(main())
     else:
