@@ -8,12 +8,12 @@ import sys
 import uuid
 
 import redis
-from rq import SimpleWorker
 
 from dispatcher import redisconn
 from dispatcher.errors import ConfigError
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
+from worker_bridge.resilient import Worker, work_until_stopped
 from worker_bridge.tasks import WriterContext, install_context
 
 EPILOG = """\
@@ -99,14 +99,22 @@ def run(settings: Settings, *, burst: bool = False, log_level: str = "INFO") -> 
     # bookkeeping is paid once per batch. The results queue comes first: sinks never delay the
     # Redis side.
     queues = [keys.results_queue, *(keys.sink_queue(name) for name in ctx.sinks)]
-    worker = SimpleWorker(
-        queues,
-        connection=connection,
-        name=f"{settings.namespace.strip('{}')}-bridge-{uuid.uuid4().hex[:12]}",
-    )
+
+    def make_worker() -> Worker:
+        return Worker(
+            queues,
+            connection=connection,
+            name=f"{settings.namespace.strip('{}')}-bridge-{uuid.uuid4().hex[:12]}",
+        )
+
     try:
-        # the scheduler re-queues batches whose task failed after their Retry delay
-        worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+        # the scheduler re-queues batches whose task failed after their Retry delay; a worker
+        # that quit on a Redis error (a failover) is replaced once Redis answers again
+        work_until_stopped(
+            make_worker,
+            {"burst": burst, "with_scheduler": True, "logging_level": log_level},
+            connection.ping,
+        )
     finally:
         for sink in ctx.sinks.values():
             sink.close()
