@@ -20,14 +20,16 @@ The rules:
   every pod would answer the same), 4001 revoked and 4002 superseded. Those keep the meaning the
   machine gives them (a revoked token is refused on reconnect and counted; a superseded runner
   waits the longest delay).
-- A session that lasted ``healthy_after`` seconds is healthy: it resets the back-off. A connect
-  failure or a shorter session is a failure. The delay is drawn from the ``Backoff`` once per
+- A session in which the dispatcher answered (any message: a job, ``no_job``, an ack) or that
+  lasted ``healthy_after`` seconds is healthy: it resets the back-off. A connect failure or a
+  shorter session with no answer (a pod that accepts and drops, a pod whose Redis is down) is a
+  failure. The delay is drawn from the ``Backoff`` once per
   *level* and every attempt of that level waits it; the level goes up by one after as many
   failures in a row as there are URLs, i.e. only after a whole round of URLs failed. With one
   URL this is exactly the plain back-off: each failure draws the next, longer delay.
 - ``reset()`` (which the machine calls on every ``Connected``) does nothing here: a pod that
-  accepts connections and drops them at once must not make the runner spin; only a healthy
-  session resets.
+  accepts connections and drops them before answering must not make the runner spin; only a
+  healthy session resets.
 
 The first URL is picked at random (from the back-off's generator), so a fleet of agents given the
 same list spreads over the pods instead of all landing on the first one; there is no "primary" to
@@ -40,7 +42,7 @@ import logging
 from collections.abc import Sequence
 
 from runner.backoff import Backoff
-from runner.events import Connected, ConnectFailed, ConnectionLost, Input
+from runner.events import Connected, ConnectFailed, ConnectionLost, Input, MessageReceived
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Failover:
         self._level = -1  # the level ``_level_delay`` was drawn for; -1: none yet
         self._level_delay = 0.0
         self._session_start: float | None = None  # while a connection is open
+        self._answered = False  # the dispatcher sent a message on the open connection
         self._now = 0.0  # the latest time observed
 
     @property
@@ -113,10 +116,12 @@ class Failover:
                 self.connect_failed(now)
             case ConnectionLost(code=code):
                 self.closed(code, now)
+            case MessageReceived() if self._session_start is not None:
+                self._answered = True
 
     def connected(self, now: float) -> None:
         self._now = now
-        self._session_start = now
+        self._session_start, self._answered = now, False
 
     def connect_failed(self, now: float) -> None:
         self._now = now
@@ -130,7 +135,7 @@ class Failover:
         start, self._session_start = self._session_start, None
         if start is None:
             return  # no session was open: already counted
-        if now - start >= self._healthy_after:
+        if self._answered or now - start >= self._healthy_after:
             self._healthy()
             self._rotate_if(should_rotate(code))
         else:

@@ -10,8 +10,9 @@ import random
 
 import pytest
 
+from dispatch_protocol.messages import NoJob
 from runner.backoff import Backoff
-from runner.events import Connect, Connected, ConnectFailed, ConnectionLost, Tick
+from runner.events import Connect, Connected, ConnectFailed, ConnectionLost, MessageReceived, Tick
 from runner.failover import ROTATE_CLOSE_CODES, Failover, should_rotate
 from runner.machine import RunnerMachine
 from tests.runner.runner_machine_helpers import CONFIG
@@ -124,6 +125,28 @@ def test_a_short_session_counts_as_a_failure() -> None:
     d1, d2, d3 = draws(3)
     assert delays == [d1, d2, d2, d3, d3]
     assert p.failures == 5
+
+
+def test_a_short_session_in_which_the_dispatcher_answered_is_healthy() -> None:
+    """An answer (here `no_job`) shows the pod works end to end: a crash right after it is the
+    pod's, not a sign of one that drops every connection."""
+    p = policy(A, B)
+    for _ in range(4):
+        fail(p)
+    p.observe(Connected(), 10.0)
+    p.observe(MessageReceived(NoJob()), 10.5)
+    p.observe(ConnectionLost(code=None), 11.0)
+    assert 1.0 <= p.next_delay() <= 3.0  # a reset back-off's first delay
+    assert (p.failures, p.url) == (0, B)
+
+
+def test_an_answer_on_an_earlier_connection_does_not_count_for_the_next() -> None:
+    p = policy(A, B)
+    p.observe(Connected(), 0.0)
+    p.observe(MessageReceived(NoJob()), 0.5)
+    p.observe(ConnectionLost(code=1001), 1.0)
+    session(p, 2.0, 2.5, 1011)  # connected again, dropped before any answer
+    assert p.failures == 1
 
 
 def test_a_short_session_that_keeps_its_url_still_counts() -> None:
