@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 An agent may be given several dispatcher URLs (one per pod, or one per site). ``Failover`` is fed
-what the machine is fed (``observe(event, now)``: connected, connect failed, connection lost with
-a close code, time passing) and answers two questions: ``url``, where the next attempt goes, and
-``next_delay()``, how long to wait before it. It does no I/O and reads no clock; the driver passes
-the same ``now`` it gives the machine, and the machine asks it for delays exactly as it asks a
-``Backoff`` (it satisfies ``runner.backoff.Delays``).
+what the machine is fed (``observe(event, now)``: connected, connect failed, a message received,
+connection lost with a close code, time passing) and answers two questions: ``url``, where the
+next attempt goes, and ``next_delay()``, how long to wait before it. It does no I/O and reads no
+clock; the driver passes the same ``now`` it gives the machine, and the machine asks it for delays
+exactly as it asks a ``Backoff`` (it satisfies ``runner.backoff.Delays``).
 
 The rules:
 
@@ -23,10 +23,11 @@ The rules:
 - A session in which the dispatcher answered (any message: a job, ``no_job``, an ack) or that
   lasted ``healthy_after`` seconds is healthy: it resets the back-off. A connect failure or a
   shorter session with no answer (a pod that accepts and drops, a pod whose Redis is down) is a
-  failure. The delay is drawn from the ``Backoff`` once per
-  *level* and every attempt of that level waits it; the level goes up by one after as many
-  failures in a row as there are URLs, i.e. only after a whole round of URLs failed. With one
-  URL this is exactly the plain back-off: each failure draws the next, longer delay.
+  failure.
+- The delay is drawn from the ``Backoff`` once per *level* and every attempt of that level waits
+  it; the level goes up by one after as many failures in a row as there are URLs, i.e. only after
+  a whole round of URLs failed. With one URL this is the plain back-off (each failure draws the
+  next, longer delay), except that connecting alone no longer resets it.
 - ``reset()`` (which the machine calls on every ``Connected``) does nothing here: a pod that
   accepts connections and drops them before answering must not make the runner spin; only a
   healthy session resets.
