@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from dispatch_protocol import messages
 from dispatcher import functions
+from dispatcher.doorbell import Offer
 from dispatcher.errors import NotFound, ProtocolError
 from dispatcher.forwarded import UNKNOWN, client_address
 from dispatcher.pod import CLOSE_GOING_AWAY, CLOSE_REVOKED, Pod
@@ -199,7 +200,7 @@ async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> N
     call = functions.ready(pod.keys, sock.runner, sock.conn, info, mode)
     reply = await functions.run(pod.redis, call)
     if reply["result"] == "job":
-        await pod.deliver(sock, reply)
+        await pod.deliver(sock, Offer.from_reply(reply))
     elif reply["result"] in ("idle", "none"):
         sock.session.fire(Event.WAIT)
         pod.arm_poll(sock, message.poll_timeout)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
-LIBRARY_VERSION = 2
+LIBRARY_VERSION = 3
 LIBRARY_NAME = f"dispatch_v{LIBRARY_VERSION}"
 
 
@@ -114,7 +114,8 @@ class Keys:
         return self._k("pod", pod, "inbox")
 
     def pod_channel(self, pod: str) -> str:
-        """Pub/sub channel: the pod's doorbell; each message is a runner name."""
+        """Sharded pub/sub channel: the pod's doorbell; each message names a runner, and a match's
+        also carries the offer (``dispatcher.doorbell.parse_bell``)."""
         return self._k("pod", pod, "bell")
 
     @property

@@ -20,6 +20,7 @@ import redis.asyncio
 
 from dispatch_protocol import messages
 from dispatcher import functions
+from dispatcher.doorbell import Offer
 from dispatcher.keys import Keys
 from dispatcher.session import Event, State
 from dispatcher.settings import Settings
@@ -40,7 +41,7 @@ class LongPoll:
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         raise NotImplementedError
 
-    async def deliver(self, sock: RunnerSocket, offer: dict[str, Any]) -> None:
+    async def deliver(self, sock: RunnerSocket, offer: Offer) -> None:
         raise NotImplementedError
 
     async def observe(self, runner: str) -> None:
@@ -124,7 +125,7 @@ class LongPoll:
         if sock.session.state is not State.POLLING or sock.session.poll != poll:
             return
         if reply["result"] == "job":
-            await self.deliver(sock, reply)
+            await self.deliver(sock, Offer.from_reply(reply))
         elif reply["result"] == "none":
             self._arm_poll_try(sock, poll, deadline)
         else:
@@ -145,7 +146,7 @@ class LongPoll:
         if sock.session.state is not State.POLLING or sock.session.poll != poll:
             return  # a doorbell delivered the job meanwhile
         if reply["result"] == "job":
-            await self.deliver(sock, reply)
+            await self.deliver(sock, Offer.from_reply(reply))
         elif reply["result"] == "none":
             sock.session.fire(Event.NO_JOB)
             await sock.send(messages.NoJob())

@@ -3,10 +3,14 @@
 Theory of operation: the pod keeps only what it can rebuild (its sockets and what each is doing).
 Whenever Redis may have changed something about one of its runners (a job assigned, a job
 canceled or lost, a newer connection elsewhere, a revoked token), a Redis function has added the
-runner to this pod's inbox and published its name on the pod's bell channel. ``observe`` reads the
-runner's state back from Redis (removing it from the inbox first) and makes the socket agree: send
-the `job`, push `cancel`, or close. The bell is only the fast path; the tick re-reads the inbox
-every ``reconcile_interval`` and after every (re)subscribe, so a lost message costs latency only.
+runner to this pod's inbox and rung the pod's bell channel. ``observe`` reads the runner's state
+back from Redis (removing it from the inbox first) and makes the socket agree: send the `job`,
+push `cancel`, or close. A match's bell carries the offer and the connection generation it was
+made for: when that generation's socket is here and in its long poll, the pod sends the `job` at
+once and observes afterwards (which empties the inbox entry); anything else goes to ``observe``.
+The bell is only the fast path; the tick re-reads the inbox every ``reconcile_interval`` and after
+every (re)subscribe, so a lost message costs latency only. A connection never gets the same job
+and attempt twice (``Session.sent``), whichever of the bell and the reconcile comes first.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import redis.asyncio
 
 from dispatch_protocol import messages
 from dispatcher import functions, redisconn
-from dispatcher.doorbell import PROBE, Doorbell
+from dispatcher.doorbell import PROBE, Bell, Doorbell, Offer
 from dispatcher.durability import Durability
 from dispatcher.keys import Keys
 from dispatcher.longpoll import LongPoll
@@ -48,16 +52,16 @@ REDIS_POOL_TIMEOUT = 10.0  # s a command may wait for a free connection before i
 VIA_TICK: contextvars.ContextVar[bool] = contextvars.ContextVar("via_tick", default=False)
 
 
-def job_message(offer: dict[str, Any], settings: Settings) -> messages.Job:
-    """The `job` frame for an offer returned by a Redis function (payload kept as raw JSON)."""
+def job_message(offer: Offer, settings: Settings) -> messages.Job:
+    """The `job` frame for an offer (payload kept as raw JSON)."""
     return messages.Job(
-        job=offer["job"],
-        attempt=int(offer["attempt"]),
-        spec=offer["spec"],
-        payload=msgspec.Raw(offer["payload"].encode()),
-        timeout=float(offer["timeout"]),
+        job=offer.job,
+        attempt=offer.attempt,
+        spec=offer.spec,
+        payload=msgspec.Raw(offer.payload),
+        timeout=offer.timeout,
         heartbeat_interval=settings.heartbeat_interval,
-        created=rfc3339(offer["created"]) or "",
+        created=rfc3339(offer.created) or "",
     )
 
 
@@ -223,19 +227,51 @@ class Pod(LongPoll):
         except redis.RedisError as exc:
             log.warning("detach of %s failed (its pod entry expires): %s", sock.runner, exc)
 
-    async def deliver(self, sock: RunnerSocket, offer: dict[str, Any]) -> None:
-        """Send an assigned job; the connection now has it in flight."""
-        sock.cancel_poll_timer()
-        sock.session.start_job(offer["job"], int(offer["attempt"]), Event.SEND_JOB)
-        await sock.send(job_message(offer, self.settings))
-        self.metrics.delivered(offer.get("created"))
+    async def deliver(self, sock: RunnerSocket, offer: Offer) -> None:
+        """Send an assigned job; the connection now has it in flight. A job and attempt this
+        connection was sent already is not sent again."""
+        if not self._begin_delivery(sock, offer):
+            return
         recovery = VIA_TICK.get() and self.settings.wake == "pubsub"
-        self.metrics.sent(sock, offer["job"], int(offer["attempt"]), recovery)
+        await self._send_job(sock, offer, recovery)
+
+    def _begin_delivery(self, sock: RunnerSocket, offer: Offer) -> bool:
+        # synchronous, so whichever of a bell and an observe comes second sees IN_FLIGHT
+        if sock.session.sent == (offer.job, offer.attempt):
+            log.debug("%s: job %s/%d already sent", sock.runner, offer.job, offer.attempt)
+            return False
+        sock.cancel_poll_timer()
+        sock.session.start_job(offer.job, offer.attempt, Event.SEND_JOB)
+        return True
+
+    async def _send_job(self, sock: RunnerSocket, offer: Offer, recovery: bool) -> None:
+        await sock.send(job_message(offer, self.settings))
+        self.metrics.delivered(offer.created)
+        self.metrics.sent(sock, offer.job, offer.attempt, recovery)
 
     # -- doorbell and reconcile ----------------------------------------------------------------
 
-    def _on_bell(self, runner: str) -> None:
-        self.spawn(self.observe(runner))
+    def _on_bell(self, bell: Bell) -> None:
+        if not self._deliver_rung(bell):
+            self.spawn(self.observe(bell.runner))
+
+    def _deliver_rung(self, bell: Bell) -> bool:
+        """Send the offer a match's bell carries, when the connection it was made for is here
+        and in its long poll; the inbox is reconciled after the send. False: ``observe``."""
+        sock = self.sockets.get(bell.runner)
+        if bell.offer is None or sock is None or sock.closed or sock.conn != bell.conn:
+            return False  # (an older generation's bell is never delivered on a newer one)
+        if sock.session.sent == (bell.job, bell.attempt):
+            return True  # the reconcile sent it first (and took the runner out of the inbox)
+        if sock.session.state is not State.POLLING:
+            return False
+        self._begin_delivery(sock, bell.offer)
+        self.spawn(self._send_rung(sock, bell.offer))
+        return True
+
+    async def _send_rung(self, sock: RunnerSocket, offer: Offer) -> None:
+        await self._send_job(sock, offer, recovery=False)
+        await self.observe(sock.runner)  # the inbox entry, and anything that changed since
 
     async def _on_subscribed(self) -> None:
         await self.reconcile()
@@ -278,10 +314,11 @@ class Pod(LongPoll):
         elif sock.session.state is State.READYING:
             sock.rang = True  # the ready handler looks again once it knows the outcome
         elif sock.session.state is State.LINGERING:
-            sock.held_offer = reply.get("offer")
+            offer = reply.get("offer")
+            sock.held_offer = Offer.from_reply(offer) if offer else None
             sock.listed = bool(reply.get("polling"))
         elif sock.session.state is State.POLLING and reply.get("offer"):
-            await self.deliver(sock, reply["offer"])
+            await self.deliver(sock, Offer.from_reply(reply["offer"]))
         elif (
             sock.session.state is State.POLLING
             and not reply.get("polling")

@@ -78,6 +78,7 @@ class Session:
     job: str = ""
     attempt: int = 0
     poll: int = 0  # increases with every poll, so a stale poll timer can tell it is stale
+    sent: tuple[str, int] = ("", 0)  # the last job and attempt sent: never sent twice
 
     def fire(self, event: Event) -> State:
         """Apply ``event``; raise ProtocolError(1008) when the runner may not do this now."""
@@ -98,6 +99,8 @@ class Session:
         """A job becomes this connection's job in flight (``SEND_JOB`` or ``RUNNING``)."""
         self.fire(event)
         self.job, self.attempt = job, attempt
+        if event is Event.SEND_JOB:
+            self.sent = (job, attempt)
 
     def holds(self, job: str, attempt: int) -> bool:
         """Whether this exact attempt is the connection's job in flight."""

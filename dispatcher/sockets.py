@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
 from dispatch_protocol import messages
+from dispatcher.doorbell import Offer
 from dispatcher.session import Event, Session, State
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class RunnerSocket:
     prior: tuple[str, int] | None = None
     # While LINGERING: a job assigned meanwhile (the answer to the next `ready`), and whether the
     # runner is still in the idle sets (False once something took it out).
-    held_offer: dict[str, Any] | None = None
+    held_offer: Offer | None = None
     listed: bool = True
     unlisting: asyncio.Future[None] | None = None  # set while the pod ends a linger in Redis
 

@@ -343,7 +343,7 @@ def print_banner(
         f"'. {bin_dir}/activate' puts them on PATH):",
         f"  {dispatcher} submit --spec {args.spec} --wait -- uname -a",
         f"  {dispatcher} status",
-        f"  redis-cli -u {shown_url(redis_url)} FCALL dispatch_v2_submit 0 {namespace} '' "
+        f"  redis-cli -u {shown_url(redis_url)} FCALL dispatch_v3_submit 0 {namespace} '' "
         f'{args.spec} \'{{"command":["uname","-a"]}}\' 0 3600 1',
         "",
         "A child that crashes is restarted. Ctrl-C stops everything. Job log:",

@@ -1,16 +1,20 @@
-#!lua name=dispatch_v2
+#!lua name=dispatch_v3
 --[[
-Dispatcher Redis Function library, version 2 (library `dispatch_v2`; every function name starts
-with `dispatch_v2_` so pods of two releases can share one Redis during a rolling upgrade).
+Dispatcher Redis Function library, version 3 (library `dispatch_v3`; every function name starts
+with `dispatch_v3_` so pods of two releases can share one Redis during a rolling upgrade). Version 3
+changed the doorbell: a match's bell carries the offer (see `notify_offer`).
 
 Theory of operation. Redis is the single source of truth. Every change that touches more than one
 key is one function here, so it is atomic. A job is matched to a runner inside these functions
 (at submit, at ready, when a job is re-queued); the pod that holds the chosen runner's WebSocket is
-told by adding the runner to the pod's inbox SET and publishing the runner name on the pod's bell
-channel (SPUBLISH: sharded pub/sub, which every server with Functions has, Redis >= 7.0 and
-Valkey; on a cluster the channel lives in the namespace's slot, so the message reaches only the
-shard's nodes). The message is only a hint: pods re-read their inbox on every (re)subscribe and on a
-reconcile tick, so a lost message costs latency, never a job.
+told by adding the runner to the pod's inbox SET and publishing on the pod's bell channel
+(SPUBLISH: sharded pub/sub, which every server with Functions has, Redis >= 7.0 and Valkey; on a
+cluster the channel lives in the namespace's slot, so the message reaches only the shard's nodes).
+A match's bell carries what the pod needs to send the `job` at once (runner, connection
+generation, job, attempt and, up to BELL_INLINE_MAX bytes of payload, the offer itself); every
+other bell is the runner name alone and the pod reads the rest with `observe`. The message is only
+a hint: pods re-read their inbox on every (re)subscribe and on a reconcile tick, so a lost message
+costs latency, never a job.
 
 Calling convention: `FCALL name numkeys key... arg...` with the namespace as ARGV[1]. The caller
 declares as KEYS every key the call touches that can be named from its arguments (each function's
@@ -137,6 +141,25 @@ local function notify(ns, pod, runner)
   redis.call('SPUBLISH', pod_channel(ns, pod), runner)
 end
 
+-- Largest payload (bytes) a match's bell carries inline. A larger one is left out (the pod reads
+-- the offer with `observe`): a burst of big bells would fill the subscriber's output buffer
+-- (`client-output-buffer-limit pubsub`, 8 MB soft by default) and get it disconnected.
+local BELL_INLINE_MAX = 8192
+
+-- Ring the pod holding `runner` for a match: inbox first (durable), then a bell that carries the
+-- offer, so the pod sends the `job` without another call. Format (space-separated head; no field
+-- can hold a space or a newline: runner names, specs and UUIDs exclude both):
+--   '<runner> <conn> <job> <attempt> <spec> <timeout> <created>' [ '\n' <payload JSON> ]
+-- The payload part is absent when it is over BELL_INLINE_MAX. `conn` is the connection
+-- generation the runner was idle on: a pod never sends the job on another one.
+local function notify_offer(ns, pod, runner, conn, id)
+  redis.call('SADD', pod_inbox_key(ns, pod), runner)
+  local j = redis.call('HMGET', job_key(ns, id), 'attempt', 'spec', 'timeout', 'created', 'payload')
+  local bell = table.concat({runner, conn, id, j[1], j[2], j[3], j[4]}, ' ')
+  if #j[5] <= BELL_INLINE_MAX then bell = bell .. '\n' .. j[5] end
+  redis.call('SPUBLISH', pod_channel(ns, pod), bell)
+end
+
 -- Take a runner out of every idle set (it is no longer waiting in a long poll).
 local function unidle(ns, name)
   for _, spec in ipairs(runner_specs(ns, name)) do
@@ -197,9 +220,9 @@ local function pick_idle_runner(ns, spec, now)
     local top = redis.call('ZRANGE', ik, 0, 0)
     if #top == 0 then return nil end
     local name = top[1]
-    local r = redis.call('HMGET', runner_key(ns, name), 'pod', 'polling', 'job')
+    local r = redis.call('HMGET', runner_key(ns, name), 'pod', 'polling', 'job', 'conn')
     if pod_alive(ns, r[1], now) and r[2] == '1' and (r[3] == '' or not r[3]) then
-      return name, r[1]
+      return name, r[1], r[4] or '0'
     end
     if r[1] then unidle(ns, name) else redis.call('ZREM', ik, name) end
   end
@@ -210,10 +233,10 @@ end
 local function match_or_queue(ns, id, now, cfg)
   local jk = job_key(ns, id)
   local j = redis.call('HMGET', jk, 'spec', 'priority', 'qmember')
-  local name, pod = pick_idle_runner(ns, j[1], now)
+  local name, pod, conn = pick_idle_runner(ns, j[1], now)
   if name then
     assign(ns, id, name, now, cfg)
-    notify(ns, pod, name)
+    notify_offer(ns, pod, name, conn, id)
     return name
   end
   redis.call('HSET', jk, 'status', 'pending', 'runner', '', 'start_deadline', '',
@@ -356,7 +379,7 @@ local function new_job_id(ns, seq, now)
          .. variant .. string.sub(h, 18, 20) .. '-' .. string.sub(h, 21, 32)
 end
 
---[[ dispatch_v2_submit
+--[[ dispatch_v3_submit
 ARGV: ns, job_id ('' = generate a UUID), spec, payload (JSON text), priority (integer),
       timeout (seconds > 0), max_attempts (integer >= 1)
 Keys: job (when the id is given), seq, specs, pending:<spec>, idle:<spec>, leases, config, stats,
@@ -415,7 +438,7 @@ local function submit(keys, args)
   return id
 end
 
---[[ dispatch_v2_cancel
+--[[ dispatch_v3_cancel
 ARGV: ns, job_id, reason ('canceled' by default)
 Keys: job, leases, outbox, stats, events; found at run time: pending:<spec>, the runner and its
       pod's inbox/bell; publishes on done.
@@ -437,7 +460,7 @@ end
 -- runner registry
 -- ---------------------------------------------------------------------------------------------
 
---[[ dispatch_v2_runner_add
+--[[ dispatch_v3_runner_add
 ARGV: ns, name, token_sha256_hex, specs (JSON list of spec strings)
 Keys: runner:<name>, runners, specs, events
 Reply: 1. Error when the name exists or a spec is invalid.
@@ -466,7 +489,7 @@ local function runner_add(keys, args)
   return 1
 end
 
---[[ dispatch_v2_runner_revoke
+--[[ dispatch_v3_runner_revoke
 ARGV: ns, name
 Keys: runner:<name>, runners, events; found at run time: idle:<spec> of its specs, its pod's
       runners/inbox/bell.
@@ -494,7 +517,7 @@ end
 -- connection lifecycle (called by pods)
 -- ---------------------------------------------------------------------------------------------
 
---[[ dispatch_v2_attach
+--[[ dispatch_v3_attach
 ARGV: ns, runner, pod
 Keys: runner:<runner>, pod:<pod>:runners; found at run time: idle:<spec> of its specs, the previous
       pod's runners/inbox/bell.
@@ -520,7 +543,7 @@ local function attach(keys, args)
   return cjson.encode({conn = conn, job = r[2] or '', attempt = tonumber(r[3])})
 end
 
---[[ dispatch_v2_detach
+--[[ dispatch_v3_detach
 ARGV: ns, runner, pod, conn
 Keys: runner:<runner>, pod:<pod>:runners; found at run time: idle:<spec> of its specs.
 Reply: 1 when this connection was the runner's current one, else 0.
@@ -542,7 +565,7 @@ local function current_conn(ns, name, conn)
   return redis.call('HGET', runner_key(ns, name), 'conn') == conn
 end
 
---[[ dispatch_v2_ready
+--[[ dispatch_v3_ready
 ARGV: ns, runner, conn, info (JSON object or ''), mode ('wait' by default, or 'try')
 Keys: runner:<runner>, leases, config, outbox, stats, events; found at run time: pending:<spec> and
       idle:<spec> of its specs, the job it gets or held (rule 1) and what re-queuing that touches.
@@ -575,7 +598,7 @@ local function ready(keys, args)
   return cjson.encode({result = 'idle'})
 end
 
---[[ dispatch_v2_poll_end
+--[[ dispatch_v3_poll_end
 ARGV: ns, runner, conn, mode ('offer' by default, or 'release')
 Keys: runner:<runner>, leases, config, stats, events; found at run time: idle:<spec> of its specs,
       the job it holds and what re-queuing that touches.
@@ -608,7 +631,7 @@ local function poll_end(keys, args)
   return cjson.encode({result = 'none'})
 end
 
---[[ dispatch_v2_observe
+--[[ dispatch_v3_observe
 ARGV: ns, pod, runner, local_job ('' when the connection has none)
 Keys: pod:<pod>:inbox, runner:<runner>, job:<local_job> (when given); found at run time: the job
       the runner holds.
@@ -650,7 +673,7 @@ local function lost_reason(j)
   return 'lease_lost'
 end
 
---[[ dispatch_v2_start
+--[[ dispatch_v3_start
 ARGV: ns, runner, job, attempt
 Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats (the last two when past
       timeout + grace the job is canceled); publishes on done.
@@ -682,9 +705,9 @@ local function start(keys, args)
   return cjson.encode({result = 'ok'})
 end
 
---[[ dispatch_v2_heartbeat
+--[[ dispatch_v3_heartbeat
 ARGV: ns, runner, job, attempt
-Keys: as dispatch_v2_start.
+Keys: as dispatch_v3_start.
 Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
 Invariant: extends the lease of a running job owned by this runner and attempt; a claimed job is
 left as it is (it still has to send `running`); past timeout + grace the job is canceled.
@@ -706,7 +729,7 @@ local function heartbeat(keys, args)
   return cjson.encode({result = 'ok'})
 end
 
---[[ dispatch_v2_finish
+--[[ dispatch_v3_finish
 ARGV: ns, runner, job, attempt, status (completed|failed|canceled), then four optional values
       exit_code, results (JSON text), stdout, stderr, each '' when absent or '=' + the value,
       then error (text).
@@ -744,7 +767,7 @@ local function split_entry(entry)
   return string.sub(entry, 1, at - 1), string.sub(entry, at + 1)
 end
 
---[[ dispatch_v2_pump
+--[[ dispatch_v3_pump
 ARGV: ns, max_entries (per box), visibility_ms (outbox), sink_visibility_ms, max_queued, and
       optionally queued: a JSON object {"results": n, "<sink>": n...} of the rq queues' lengths,
       measured by the caller where the rq queues live on another Redis (a sink it does not name
@@ -810,7 +833,7 @@ local function pump(keys, args)
   return cjson.encode(out)
 end
 
---[[ dispatch_v2_record
+--[[ dispatch_v3_record
 ARGV: ns, retention_s (0 = keep records), sinks (JSON list of sink names, [] for none),
       then one or more entries '<job>:<attempt>' from the results outbox
 Keys: outbox, job:<id> of each entry, stats, events, sinks, sinkbox:<sink> of each sink named;
@@ -860,7 +883,7 @@ local function record(keys, args)
   return cjson.encode(out)
 end
 
---[[ dispatch_v2_tick
+--[[ dispatch_v3_tick
 ARGV: ns, pod, pod_ttl_ms, max_reap
 Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined": bool,
         "backlog": number of outbox and sink box entries due for the pump}
@@ -929,7 +952,7 @@ local function tick(keys, args)
                        rejoined = rejoined, backlog = due_backlog(ns, now)})
 end
 
---[[ dispatch_v2_pod_stop
+--[[ dispatch_v3_pod_stop
 ARGV: ns, pod
 Keys: pods, pod:<pod>:runners, pod:<pod>:inbox
 Reply: 1. Invariant: a pod that shuts down leaves the pod set at once (its runners were detached
@@ -942,13 +965,13 @@ local function pod_stop(keys, args)
   return 1
 end
 
---[[ dispatch_v2_runner_rotate
+--[[ dispatch_v3_runner_rotate
 ARGV: ns, name, token_sha256_hex (the hash of the runner's new token)
 Keys: runner:<name>, events; found at run time: idle:<spec> of its specs, pod:<pod>:runners,
       pod:<pod>:inbox and the pod's bell (when connected)
 Reply: 1 when a live connection was told to close, 0 when the runner had none; error when unknown.
 Invariant: in this one call the old token stops working (only the new hash is kept) and a live
-connection is detached as `dispatch_v2_detach` would, but without a connection generation left in
+connection is detached as `dispatch_v3_detach` would, but without a connection generation left in
 the record, so the pod holding the socket closes it with 4001 (token revoked); the next attach
 starts a new generation. The record, its specs and a job in flight stay: the job keeps its
 lease, and the runner, back with the new token, re-attaches to it (PROTOCOL rule 1).
@@ -976,20 +999,20 @@ local function runner_rotate(keys, args)
   return closed
 end
 
-redis.register_function('dispatch_v2_submit', submit)
-redis.register_function('dispatch_v2_cancel', cancel)
-redis.register_function('dispatch_v2_runner_add', runner_add)
-redis.register_function('dispatch_v2_runner_revoke', runner_revoke)
-redis.register_function('dispatch_v2_attach', attach)
-redis.register_function('dispatch_v2_detach', detach)
-redis.register_function('dispatch_v2_ready', ready)
-redis.register_function('dispatch_v2_poll_end', poll_end)
-redis.register_function('dispatch_v2_observe', observe)
-redis.register_function('dispatch_v2_start', start)
-redis.register_function('dispatch_v2_heartbeat', heartbeat)
-redis.register_function('dispatch_v2_finish', finish)
-redis.register_function('dispatch_v2_pump', pump)
-redis.register_function('dispatch_v2_record', record)
-redis.register_function('dispatch_v2_tick', tick)
-redis.register_function('dispatch_v2_pod_stop', pod_stop)
-redis.register_function('dispatch_v2_runner_rotate', runner_rotate)
+redis.register_function('dispatch_v3_submit', submit)
+redis.register_function('dispatch_v3_cancel', cancel)
+redis.register_function('dispatch_v3_runner_add', runner_add)
+redis.register_function('dispatch_v3_runner_revoke', runner_revoke)
+redis.register_function('dispatch_v3_attach', attach)
+redis.register_function('dispatch_v3_detach', detach)
+redis.register_function('dispatch_v3_ready', ready)
+redis.register_function('dispatch_v3_poll_end', poll_end)
+redis.register_function('dispatch_v3_observe', observe)
+redis.register_function('dispatch_v3_start', start)
+redis.register_function('dispatch_v3_heartbeat', heartbeat)
+redis.register_function('dispatch_v3_finish', finish)
+redis.register_function('dispatch_v3_pump', pump)
+redis.register_function('dispatch_v3_record', record)
+redis.register_function('dispatch_v3_tick', tick)
+redis.register_function('dispatch_v3_pod_stop', pod_stop)
+redis.register_function('dispatch_v3_runner_rotate', runner_rotate)

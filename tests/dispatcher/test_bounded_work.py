@@ -35,7 +35,7 @@ def test_a_match_drops_a_bounded_number_of_stale_idle_runners_per_call(
     pipe = rclient.pipeline(transaction=False)
     for i in range(100):  # idle on a pod that then died: every one is stale
         name = f"stale{i:03d}"
-        pipe.fcall("dispatch_v2_runner_add", 0, keys.namespace, name, "h", json.dumps([SPEC]))
+        pipe.fcall("dispatch_v3_runner_add", 0, keys.namespace, name, "h", json.dumps([SPEC]))
     pipe.execute()
     for i in range(100):
         conn = run(rclient, fn.attach(keys, f"stale{i:03d}", "dead"))["conn"]
@@ -56,8 +56,8 @@ def test_the_runners_of_a_dead_pod_are_detached_500_per_tick(rclient: RClient, k
     run(rclient, fn.tick(keys, "big", 60_000))
     pipe = rclient.pipeline(transaction=False)
     for i in range(1200):
-        pipe.fcall("dispatch_v2_runner_add", 0, keys.namespace, f"r{i}", "h", json.dumps([SPEC]))
-        pipe.fcall("dispatch_v2_attach", 0, keys.namespace, f"r{i}", "big")
+        pipe.fcall("dispatch_v3_runner_add", 0, keys.namespace, f"r{i}", "h", json.dumps([SPEC]))
+        pipe.fcall("dispatch_v3_attach", 0, keys.namespace, f"r{i}", "big")
     pipe.execute()
     kill_pod(rclient, keys, "big")
     remaining = []

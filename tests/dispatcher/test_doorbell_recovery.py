@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dispatcher.doorbell import Doorbell
+from dispatcher.doorbell import Bell, Doorbell
 from dispatcher.settings import Settings
 from tests.dispatcher.support import RClient, eventually
 
@@ -13,7 +13,7 @@ async def test_an_unexpected_error_in_the_doorbell_does_not_end_it(
     settings: Settings, rclient: RClient
 ) -> None:
     channel = f"{settings.namespace}:pod:x:bell"
-    rung: list[str] = []
+    rung: list[Bell] = []
     confirmations = 0
 
     async def on_subscribed() -> None:
@@ -27,7 +27,7 @@ async def test_an_unexpected_error_in_the_doorbell_does_not_end_it(
     try:
         await eventually(lambda: confirmations == 2 and bell.live, 5.0, what="resubscribed")
         rclient.spublish(channel, "r1")
-        await eventually(lambda: rung == ["r1"], 5.0, what="a bell after the recovery")
+        await eventually(lambda: rung == [Bell("r1")], 5.0, what="a bell after the recovery")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

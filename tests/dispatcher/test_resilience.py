@@ -64,13 +64,15 @@ async def test_a_long_non_ascii_invalid_message_closes_1007_with_a_reason_of_at_
     assert reason and len(reason.encode()) <= 123
 
 
-async def test_a_job_canceled_before_its_delivery_ends_the_poll_so_the_runner_waits_again(
+async def test_a_job_canceled_before_its_bell_is_handled_is_sent_then_canceled_at_once(
     launch, settings, rclient, keys
 ):
+    """The match's bell carries the offer, so the pod sends the job without reading Redis; the
+    cancel's bell, right behind it, has the pod push `cancel` (PROTOCOL rule 5)."""
     pod = await launch(settings)
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
     await ready_and_waiting(runner, rclient, keys, poll_timeout=30)
-    # submit and cancel in one transaction: the job is assigned, then canceled, never sent
+    # submit and cancel in one transaction: the job is assigned, then canceled
     job_id = new_job_id()
     pipe = rclient.pipeline(transaction=True)
     pipe.fcall(
@@ -81,7 +83,13 @@ async def test_a_job_canceled_before_its_delivery_ends_the_poll_so_the_runner_wa
     pipe.fcall(functions.cancel(keys, job_id).name, 0, *functions.cancel(keys, job_id).args)
     pipe.execute()
     assert job_rec(rclient, keys, job_id)["status"] == "canceled"
-    await runner.expect("no_job", timeout=10)  # well before the 30 s poll ends
+    assert (await runner.expect("job"))["job"] == job_id
+    assert await runner.expect("cancel") == {
+        "event": "cancel",
+        "job": job_id,
+        "attempt": 1,
+        "reason": "canceled",
+    }
     next_job = submit(rclient, keys)
     assert (await take_job(runner))["job"] == next_job
 
