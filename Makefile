@@ -84,6 +84,9 @@ soak: setup
 	FAULTS_SIZE=soak $(BIN)/pytest -q -s -p no:cacheprovider -o timeout=3600 tests/faults
 # then a rolling restart of 3 pods behind HAProxy under load, 300 runners (bench.rolling)
 	$(BIN)/python -m bench.rolling --runners 300
+# then Redis failover under load (bench.failover): kill -9 the primary at 100 jobs/s, Sentinel and
+# Cluster, for memory, replicas:1 and aof (20 s of load before, 20 s after; table in bench/results)
+	$(BIN)/python -m bench.failover --durability memory --durability replicas:1 --durability aof
 
 # The dependency floors of pyproject.toml, tested: every `name>=X` of [project] dependencies is
 # pinned to `name==X` in a separate venv (FLOOR_VENV), then a representative subset runs there

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.scaleout.failover import Outcome, format_table
 from tests.scaleout.servers import HAVE_REDIS, Servers, start_cluster, start_sentinel
 
 SERVICE = "dispatch"
@@ -58,3 +59,17 @@ def sentinel(servers: Servers) -> Backend:
 def backend(request: pytest.FixtureRequest) -> Backend:
     value: Backend = request.getfixturevalue(request.param)
     return value
+
+
+FAILOVERS: list[Outcome] = []
+
+
+def record_failover(outcome: Outcome) -> None:
+    """A row of the failover table shown at the end of the run (test_failover.py)."""
+    FAILOVERS.append(outcome)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FAILOVERS:
+        terminalreporter.section("Redis failover under load")
+        terminalreporter.write_line(format_table(FAILOVERS))
