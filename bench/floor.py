@@ -7,6 +7,9 @@ and its keys deleted before the next):
 - (b) ``headline``: 1,000 idle runners on 2 pods, 100 jobs/s for 20 s — pub/sub, poll, plain
   rq (the load of the issue's latency targets), and ``idle``: the same 1,000 runners with no
   jobs, Redis commands/s in both modes;
+- in (a) and (b) the runners poll at independent phases (``bench.phased``: the honest baseline),
+  and poll mode runs once more with runners connected in one burst (``poll_lockstep``), the way
+  the other scenarios run it, to show how much that flatters the pub/sub ÷ poll ratio;
 - ``throughput``: acknowledged full lifecycles/s on 2 pods (``scenarios.throughput``);
 - ``connmem``: pod RSS per idle runner, 10,000 on one pod — ``python -m bench.connmem`` when
   that module exists (see ``CONNMEM_HOOK``), else ``scenarios.connections`` (the same RSS delta).
@@ -30,6 +33,7 @@ from typing import Any
 
 from bench import peers, scenarios
 from bench.harness import Harness
+from bench.phased import PhasedHarness
 from bench.scenarios import Size
 
 # The pod-memory hook: the module another engineer owns, run through its command line (its stable
@@ -80,11 +84,16 @@ Step = tuple[str, Callable[[], Awaitable[dict[str, Any]]]]
 
 
 def steps(h: Harness, p: Plan) -> list[Step]:
+    """Both latency loads: pub/sub and poll with runners at independent phases (the honest
+    baseline, ``bench.phased``), poll with runners connected in one burst (``bench.sim``, as the
+    other scenarios run it: nearly in lockstep), then plain rq."""
+    phased = PhasedHarness.of(h, h.poll_interval)
     out: list[Step] = []
     for name, size in (("small", p.small), ("headline", p.headline)):
         out += [
-            (f"{name}/pubsub", functools.partial(scenarios.latency, h, size, "pubsub")),
-            (f"{name}/poll", functools.partial(scenarios.latency, h, size, "poll")),
+            (f"{name}/pubsub", functools.partial(scenarios.latency, phased, size, "pubsub")),
+            (f"{name}/poll", functools.partial(scenarios.latency, phased, size, "poll")),
+            (f"{name}/poll_lockstep", functools.partial(scenarios.latency, h, size, "poll")),
             (f"{name}/rq", functools.partial(peers.rq_peer, h, size, name)),
         ]
     out += [

@@ -13,6 +13,12 @@ from typing import Any
 from bench.report import Row, _fmt, _ge, _get, _le, _row
 
 SCENARIO = "floor"
+SYSTEM_NAMES = (
+    ("pubsub", "pub/sub"),
+    ("poll", "poll"),
+    ("poll_lockstep", "poll, connected together"),
+    ("rq", "rq SimpleWorker"),
+)
 
 DEFINITIONS = (
     (
@@ -22,6 +28,16 @@ DEFINITIONS = (
         "reference agent's connection options), same machine clock; pub/sub = "
         "`DISPATCHER_WAKE=pubsub` (the doorbell), poll = `DISPATCHER_WAKE=poll` (every waiting "
         "runner's long poll retries the ready script every `DISPATCHER_POLL_INTERVAL`, 1 s).",
+    ),
+    (
+        "poll phases",
+        '"poll": each runner sends its first `ready` a random 0..1 s after connecting '
+        "(`bench/phased.py`), so the runners poll at independent phases, as runners that start "
+        'and finish jobs at unrelated times do: the honest baseline. "poll, connected '
+        'together": every runner connects and sends `ready` in one burst (`bench/sim.py`, as '
+        "the other scenarios run); a runner re-readies right after the poll that gave it a job, "
+        "so their polls stay nearly in lockstep and N runners wait like one (p50 ≈ T/2). "
+        "Pub/sub runs with the phased runners too.",
     ),
     (
         "rq: enqueue → start",
@@ -88,6 +104,12 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         ),
         "small_p99_poll_over_pubsub": _ratio(
             _q(r, "small", "poll", "p99"), _q(r, "small", "pubsub", "p99")
+        ),
+        "small_p50_lockstep_over_pubsub": _ratio(
+            _q(r, "small", "poll_lockstep", "p50"), _q(r, "small", "pubsub", "p50")
+        ),
+        "headline_p50_poll_over_pubsub": _ratio(
+            _q(r, "headline", "poll", "p50"), _q(r, "headline", "pubsub", "p50")
         ),
         "headline_p99_poll_over_pubsub": _ratio(
             _q(r, "headline", "poll", "p99"), _q(r, "headline", "pubsub", "p99")
@@ -190,11 +212,24 @@ def _side_rows(r: dict[str, Any], k: dict[str, float | None]) -> list[Row]:
     out = []
     for step, what in (("small", "(a)"), ("headline", "(b)")):
         n = _fmt(_size(r, step, "runners"))
-        for system, name in (("pubsub", "pub/sub"), ("poll", "poll"), ("rq", "rq SimpleWorker")):
+        for system, name in SYSTEM_NAMES:
             value = _pair(_q(r, step, system, "p50"), _q(r, step, system, "p99"))
             out.append(
                 _row(SCENARIO, f"{what} {n} runners: {name} p50 / p99", value, "ms", "—", None)
             )
+    out.append(
+        _row(
+            SCENARIO,
+            "(a) p50 poll, connected together ÷ pub/sub",
+            k["small_p50_lockstep_over_pubsub"],
+            "x",
+            "—",
+            None,
+        )
+    )
+    out.append(
+        _row(SCENARIO, "(b) p50 poll ÷ pub/sub", k["headline_p50_poll_over_pubsub"], "x", "—", None)
+    )
     out.append(
         _row(
             SCENARIO,
@@ -214,7 +249,7 @@ def _side_rows(r: dict[str, Any], k: dict[str, float | None]) -> list[Row]:
 def _once_rows(r: dict[str, Any]) -> list[Row]:
     out = []
     for step in ("small", "headline"):
-        for system in ("pubsub", "poll", "rq"):
+        for system, _ in SYSTEM_NAMES:
             run = _get(r, "runs", step, system)
             if not isinstance(run, dict):
                 continue

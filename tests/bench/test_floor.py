@@ -23,7 +23,8 @@ pytest.importorskip("rq", reason="the peer scenario runs plain rq")
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # s: ~45 s on an idle 2-core machine; generous for a busy one
-LATENCY_RUNS = [(step, system) for step in ("small", "headline") for system in ("pubsub", "poll")]
+SYSTEMS = ("pubsub", "poll", "poll_lockstep")
+LATENCY_RUNS = [(step, system) for step in ("small", "headline") for system in SYSTEMS]
 ALL_RUNS = [*LATENCY_RUNS, ("small", "rq"), ("headline", "rq")]
 
 
@@ -56,7 +57,7 @@ def test_every_step_ran_without_error(floor_run: dict[str, Any]) -> None:
     f = floor_run["scenarios"]["floor"]
     assert f["errors"] == {}
     assert set(f["runs"]) == {"small", "headline", "idle", "throughput", "connmem"}
-    assert set(f["runs"]["small"]) == set(f["runs"]["headline"]) == {"pubsub", "poll", "rq"}
+    assert set(f["runs"]["small"]) == set(f["runs"]["headline"]) == {*SYSTEMS, "rq"}
     assert set(f["runs"]["idle"]) == {"pubsub", "poll"}
     assert len(f["loadavg"]["start"]) == len(f["loadavg"]["end"]) == 3
 

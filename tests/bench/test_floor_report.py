@@ -42,8 +42,18 @@ def result(**changes: Any) -> dict[str, Any]:
         },
         "poll_interval_s": 1.0,
         "runs": {
-            "small": {"pubsub": lat(0.3, 0.9), "poll": lat(66.0, 600.0), "rq": lat(2.0, 4.0)},
-            "headline": {"pubsub": lat(0.9, 2.0), "poll": lat(7.0, 300.0), "rq": lat(2.1, 5.0)},
+            "small": {
+                "pubsub": lat(0.3, 0.9),
+                "poll": lat(66.0, 600.0),
+                "poll_lockstep": lat(480.0, 990.0),
+                "rq": lat(2.0, 4.0),
+            },
+            "headline": {
+                "pubsub": lat(0.9, 2.0),
+                "poll": lat(7.0, 300.0),
+                "poll_lockstep": lat(30.0, 400.0),
+                "rq": lat(2.1, 5.0),
+            },
             "idle": {"pubsub": idle(14.0, 2.0), "poll": idle(16_000.0, 1_000.0)},
             "throughput": {"acknowledged_per_s": 2100.0},
             "connmem": {"rss_per_connection_kib": 19.5, "source": "bench.connmem.connmem"},
@@ -87,7 +97,7 @@ def test_poll_model_refuses_nonsense(runners: int, interval: float) -> None:
 def test_every_target_is_judged_from_the_figures() -> None:
     rows = targeted(floorreport.evaluate(result()))
     verdicts = {figure: row["met"] for figure, row in rows.items()}
-    assert len(verdicts) == 7 + 6  # seven targets, six exactly-once checks
+    assert len(verdicts) == 7 + 8  # seven targets, eight exactly-once checks
     assert all(verdicts.values()), [f for f, ok in verdicts.items() if not ok]
     ratio = rows["p50 ÷ plain rq SimpleWorker p50, same load"]["value"]
     assert ratio == pytest.approx(0.9 / 2.1, abs=0.01)
@@ -168,7 +178,9 @@ def test_report_has_definitions_tables_and_the_restated_baseline() -> None:
     assert "| p50 ÷ plain rq SimpleWorker p50, same load | 0.430 x (rq p50 2.100 ms) |" in text
     for name, _ in floorreport.DEFINITIONS:
         assert f"**{name}**" in text
-    assert "| 10 | 67.0 ms | 66.0 ms | 10.0 |" in text  # model beside the measured p50
+    # the model beside the measured p50, at independent phases and connected together
+    assert "| 10 | 67.0 ms | 66.0 ms | 480.0 ms | 10.0 | — |" in text
+    assert "| 1,000 | 0.693 ms | 7.000 ms | 30.0 ms | 1,000.0 | 1,000.0 |" in text
     assert "0.50 / 0.40 / 0.30" in text and "1.50 / 1.00 / 0.60" in text
 
 
@@ -189,3 +201,10 @@ def test_summary_block_is_replaced_and_notes_are_kept(tmp_path: Path) -> None:
     assert text.count(floormd.START) == text.count(floormd.END) == 1
     assert text.index("first") < text.index(floormd.START) < text.index("## Notes kept")
     assert text.endswith("mine\n")
+
+
+def test_the_lockstep_ratio_is_shown_beside_the_honest_one() -> None:
+    rows = {r["figure"]: r for r in floorreport.evaluate(result())}
+    assert rows["(a) p50 poll, connected together ÷ pub/sub"]["value"] == 1600.0
+    assert rows["(a) 10 runners: poll, connected together p50 / p99"]["value"] == "480.0 / 990.0"
+    assert rows["(a) p50 poll, connected together ÷ pub/sub"]["met"] is None
