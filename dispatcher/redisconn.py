@@ -3,10 +3,11 @@
 Every client is built here from a URL ``dispatcher.redisurl`` parses: one server (``redis://``,
 ``rediss://``), a Sentinel-managed primary (``redis+sentinel://``: redis-py's ``Sentinel``, whose
 pools find the new primary after a promotion) or a Redis Cluster (``redis+cluster://``:
-``RedisCluster``, which routes each call by its declared keys; ``dispatcher.clusterroute`` makes
-it read an ``FCALL``'s keys itself instead of asking a node with ``COMMAND GETKEYS`` twice a
-call). Pub/sub is sharded (SSUBSCRIBE): on a cluster, the subscription connects to the node
-serving the channel's slot.
+``RedisCluster``, which routes each call by its declared keys; ``dispatcher.clusterclients``
+makes it read an ``FCALL``'s keys itself instead of asking a node with ``COMMAND GETKEYS`` twice
+a call, and queue a burst past ``max_connections`` as the single-server pool does). Pub/sub is
+sharded (SSUBSCRIBE): on a cluster, the subscription connects to the node serving the channel's
+slot.
 
 Every command connection gets a socket timeout, so a half-open TCP connection (a Redis host that
 vanished, a NAT that forgot the flow) fails a command within seconds instead of stalling the pod's
@@ -29,7 +30,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dispatcher import clusterroute, redisurl
+from dispatcher import clusterclients, redisurl
 
 SOCKET_TIMEOUT = 10.0  # s: a command without a reply this long fails (then retried by its caller)
 CONNECT_TIMEOUT = 5.0  # s to establish a connection
@@ -101,15 +102,15 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     if target.cluster:
         nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call]
         settings = _cluster_options(settings | _target_options(target))
-        return cast(redis.Redis, clusterroute.RedisCluster(startup_nodes=nodes, **settings))
+        return cast(redis.Redis, clusterclients.RedisCluster(startup_nodes=nodes, **settings))
     return redis.Redis.from_url(url, **settings)
 
 
 def async_client(
     url: str, max_connections: int, timeout: float | None, **options: Any
 ) -> redis.asyncio.Redis:
-    """An asyncio client for commands. On a single server, a blocking pool: a burst queues for a
-    connection (``timeout`` s) instead of failing past ``max_connections``. On Sentinel, the
+    """An asyncio client for commands: a burst queues for a connection (``timeout`` s) instead of
+    failing past ``max_connections`` (on a single server a blocking pool). On Sentinel, the
     current primary's pool (it follows a promotion); on a cluster a ``RedisCluster`` (typed as
     ``redis.asyncio.Redis``)."""
     target = redisurl.parse(url)
@@ -126,8 +127,8 @@ def async_client(
     if target.cluster:
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.hosts]
         settings = _cluster_options(settings | _target_options(target))
-        cluster = clusterroute.AsyncRedisCluster(
-            startup_nodes=nodes, max_connections=max_connections, **settings
+        cluster = clusterclients.AsyncRedisCluster(
+            startup_nodes=nodes, max_connections=max_connections, queue_timeout=timeout, **settings
         )
         return cast(redis.asyncio.Redis, cluster)
     pool = redis.asyncio.BlockingConnectionPool.from_url(

@@ -1,8 +1,11 @@
-"""FCALL on a cluster goes straight to the slot of its declared keys: no ``COMMAND GETKEYS``
-round trips first (redis-py asks the server twice per call otherwise; found by bench.capacity)."""
+"""The cluster clients of ``dispatcher.clusterclients`` on a real cluster: FCALL goes straight to
+the slot of its declared keys (no ``COMMAND GETKEYS`` round trips first), and a burst of commands
+past ``max_connections`` waits for its turn instead of failing (both found by bench.capacity)."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +15,7 @@ from redis.exceptions import RedisClusterException
 
 from bench import shards
 from bench.servers import cluster_command
-from dispatcher import clusterroute, redisconn, redisurl
+from dispatcher import clusterclients, redisconn, redisurl
 from tests.scaleout.conftest import Backend
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,7 +38,7 @@ CALLS = 40
     ],
 )
 def test_declared_keys(args: tuple[Any, ...], keys: tuple[Any, ...] | None) -> None:
-    found = clusterroute.declared_keys(args)
+    found = clusterclients.declared_keys(args)
     assert (tuple(found) if found is not None else None) == keys
 
 
@@ -92,4 +95,49 @@ async def test_async_cluster_client_routes_fcall_by_its_keys(
     _check(ports, before, key)
     with pytest.raises(RedisClusterException, match="same key slot"):
         await client.fcall("no_such_function", 2, "{a}:k", "{b}:k")
+    await client.aclose()
+
+
+async def test_a_burst_past_max_connections_waits_for_its_turn(cluster: Backend) -> None:
+    client = redisconn.async_client(cluster.redis_url, 2, 10.0, decode_responses=True)
+    key = "{burst-" + uuid.uuid4().hex + "}:n"
+    await client.ping()
+    replies = await asyncio.gather(*(client.incr(key) for _ in range(200)))
+    assert sorted(replies) == list(range(1, 201))
+    await client.aclose()
+
+
+def blpop_waiting(ports: list[int]) -> bool:
+    for port in ports:
+        node = redis.Redis(port=port, decode_responses=True)
+        clients = node.client_list()
+        node.close()
+        if any(c.get("cmd") == "blpop" for c in clients):
+            return True
+    return False
+
+
+async def test_a_command_that_waits_longer_than_the_timeout_fails_clearly(
+    cluster: Backend, ports: list[int]
+) -> None:
+    client = redisconn.async_client(cluster.redis_url, 1, 0.2, decode_responses=True)
+    key = "{wait-" + uuid.uuid4().hex + "}:list"
+    await client.ping()
+
+    async def pop() -> Any:
+        return await client.blpop([key], timeout=5)
+
+    holder = asyncio.create_task(pop())  # holds the only turn
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not blpop_waiting(ports):
+        assert loop.time() < deadline, "the BLPOP never reached Redis"
+        await asyncio.sleep(0.02)
+    with pytest.raises(redis.ConnectionError, match=r"no free Redis connection within 0\.2 s"):
+        await client.get(key)
+    pusher = redisconn.sync_client(cluster.redis_url, decode_responses=True)
+    pusher.rpush(key, "x")  # ends the BLPOP: its turn comes back
+    pusher.close()
+    assert tuple(await holder) == (key, "x")
+    assert await client.get(key) is None
     await client.aclose()
