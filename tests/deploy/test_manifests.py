@@ -192,7 +192,7 @@ def test_compose_wiring() -> None:
     writers = [n for n, s in services.items() if s.get("command") == ["worker-bridge"]]
     runners = [n for n, s in services.items() if "dispatch-runner" in str(s.get("command"))]
     assert len(writers) == 2 and len(runners) == 2
-    haproxy = (DEPLOY / "haproxy.cfg").read_text()
+    haproxy = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
     for name in pods:
         assert f"server {name} {name}:{POD_PORT} check" in haproxy
     assert "httpchk GET /readyz" in haproxy and "timeout tunnel" in haproxy
