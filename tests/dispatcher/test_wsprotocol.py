@@ -40,7 +40,7 @@ async def job_in_flight(pod, settings, rclient, keys, **connect_options):
     return runner, job_id
 
 
-async def closed_with(runner, rclient, keys, job_id, before, code) -> str:
+async def closed_with(runner, rclient, keys, job_id, before, code):
     got, reason = await runner.closed(timeout=10)
     assert got == code, (got, reason)
     assert reason.strip(), "a close always carries a reason"
