@@ -34,7 +34,7 @@ WebSocket server layer and memory per connection"):
   needs overriding its methods (what the former ``ChannelProtocol`` did, a subclass of a private
   class that breaks with any uvicorn release); it decodes text twice when a check is added, and
   holds a Queue, an Event and a ~40-entry instance dict per connection;
-- *websockets' own asyncio server beside Starlette*: the leanest per connection, but a second
+- *websockets' own asyncio server beside Starlette*: no ASGI task chain per connection, but a second
   listening port (or a second HTTP stack on the same one), a second set of head limits and
   handshake refusals to keep equal with the guard, and the channel endpoint rewritten against
   websockets' API instead of Starlette's; the pod's handlers are ASGI code;
