@@ -564,7 +564,8 @@ def _drive(world: World) -> Outcome:
         watch.stop()
         producer.stop()
     outcome = Outcome(plan.topology, plan.durability, plan.rate)
-    outcome.notes.append(f"killed :{topology.killed} at {killed_at:.3f}")
+    ports = ", ".join(str(p) for p in sorted(topology.killed))
+    outcome.notes.append(f"kill -9 of the primary on port {ports}")
     stopped = set(p.name for p in world.procs) - set(world.alive())
     if stopped:
         outcome.notes.append(f"processes that exited: {sorted(stopped)}")
