@@ -20,9 +20,9 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
+from dispatcher.pod.session import State
 from dispatcher.podmetrics import PodMetrics
 from dispatcher.results import PumpResult
-from dispatcher.session import State
 
 BATCH = 256
 

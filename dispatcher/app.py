@@ -11,8 +11,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from dispatcher import adminserver
-from dispatcher.channel import channel
 from dispatcher.pod import Pod
+from dispatcher.pod.channel import channel
 from dispatcher.ratelimit import FailureLimiter
 from dispatcher.settings import Settings
 
@@ -63,7 +63,7 @@ def create_app(settings: Settings, pod: Pod | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.pod = the_pod
-    # the handshake's per-pod state (dispatcher.channel.refusal, docs/security.md)
+    # the handshake's per-pod state (dispatcher.pod.channel.refusal, docs/security.md)
     app.state.auth_failures = FailureLimiter(settings.auth_fail_rate)
     app.state.trusted_proxies = settings.trusted_proxy_networks
     return app

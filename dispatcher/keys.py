@@ -115,7 +115,7 @@ class Keys:
 
     def pod_channel(self, pod: str) -> str:
         """Sharded pub/sub channel: the pod's doorbell; each message names a runner, and a match's
-        also carries the offer (``dispatcher.doorbell.parse_bell``)."""
+        also carries the offer (``dispatcher.pod.bells.parse_bell``)."""
         return self._k("pod", pod, "bell")
 
     @property

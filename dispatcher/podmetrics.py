@@ -22,12 +22,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dispatcher.session import State
+from dispatcher.pod.session import State
 
 if TYPE_CHECKING:
     from dispatcher.pod import Pod
+    from dispatcher.pod.sockets import RunnerSocket
     from dispatcher.results import PumpResult
-    from dispatcher.sockets import RunnerSocket
 
 # job created (Redis clock) -> `job` frame written (pod clock): ms to minutes
 DISPATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300)

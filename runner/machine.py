@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from dispatch_protocol import closecodes
 from dispatch_protocol.messages import (
     DEFAULT_POLL_TIMEOUT,
     Ack,
@@ -75,8 +76,8 @@ log = logging.getLogger(__name__)
 
 S = State
 TERMINAL_EVENTS = frozenset({"completed", "failed", "canceled"})
-REJECTED_CLOSE_CODES = frozenset({1007, 1009})  # the dispatcher refused the message itself
-SUPERSEDED_CLOSE_CODE = 4002
+REJECTED_CLOSE_CODES = closecodes.REFUSED_MESSAGE  # the dispatcher refused the message itself
+SUPERSEDED_CLOSE_CODE = closecodes.SUPERSEDED
 EXIT_FORCED = 1
 EXIT_TOKEN_REFUSED = 3
 MAX_RETRY_AFTER = 3600.0  # a bogus Retry-After must not park a runner for days

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
+from dispatch_protocol import closecodes
 from dispatch_protocol.messages import Ack, Cancel, Job, NoJob
 from runner.events import (
     Connected,
@@ -116,7 +117,7 @@ TRANSITIONS: dict[State, dict[type[object], frozenset[State]]] = {
 
 SERVER_MESSAGE_TYPES: frozenset[type[object]] = frozenset({Job, NoJob, Ack, Cancel})
 CONNECTED_STATES = _to(S.RESENDING, S.POLLING, S.EXECUTING, S.DRAINING, S.CANCELING, S.AWAITING_ACK)
-POLICY_VIOLATION = 1008  # the close code for "not allowed in this state", as the server uses it
+POLICY_VIOLATION = closecodes.POLICY_VIOLATION  # "not allowed in this state", as the server uses it
 
 
 class ProtocolError(Exception):

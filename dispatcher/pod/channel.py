@@ -18,23 +18,18 @@ import redis
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from dispatch_protocol import messages
+from dispatch_protocol import closecodes, messages
 from dispatcher import functions
-from dispatcher.doorbell import Offer
 from dispatcher.errors import NotFound, ProtocolError
 from dispatcher.forwarded import UNKNOWN, client_address
-from dispatcher.pod import CLOSE_GOING_AWAY, CLOSE_REVOKED, Pod
+from dispatcher.pod.bells import Offer
+from dispatcher.pod.pod import Pod
+from dispatcher.pod.session import Event, ReadyPlan
+from dispatcher.pod.sockets import RunnerSocket
 from dispatcher.ratelimit import FailureLimiter
-from dispatcher.session import Event, State
-from dispatcher.sockets import RunnerSocket
 from dispatcher.tokens import token_hash
 
 log = logging.getLogger(__name__)
-
-CLOSE_UNSUPPORTED = 1003
-CLOSE_INVALID = 1007
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
 
 
 # -- before the upgrade ---------------------------------------------------------------------------
@@ -132,15 +127,15 @@ async def channel(ws: WebSocket) -> None:
     try:
         sock = await pod.attach(runner, ws)
     except NotFound:  # revoked between the handshake and now
-        await ws.close(CLOSE_REVOKED, "runner token revoked")
+        await ws.close(closecodes.REVOKED, "runner token revoked")
         return
     except redis.RedisError as exc:
         log.warning("attach of %s failed: %s", runner, exc)
-        await ws.close(CLOSE_INTERNAL, "storage unavailable")
+        await ws.close(closecodes.INTERNAL, "storage unavailable")
         return
     try:
         if pod.stopping:  # the drain began while this connection was being attached
-            await sock.close(CLOSE_GOING_AWAY, "dispatcher pod shutting down")
+            await sock.close(closecodes.GOING_AWAY, "dispatcher pod shutting down")
         await serve(pod, sock)
     finally:
         await pod.detach(sock)
@@ -154,7 +149,7 @@ async def serve(pod: Pod, sock: RunnerSocket) -> None:
     while not sock.closed:
         frame = await sock.ws.receive()
         if frame["type"] == "websocket.disconnect":
-            sock.closed = True
+            sock.disconnected()
             return
         try:
             await handle_frame(pod, sock, frame)
@@ -162,35 +157,32 @@ async def serve(pod: Pod, sock: RunnerSocket) -> None:
             await sock.close(exc.code, exc.reason)
         except redis.RedisError as exc:
             log.warning("runner %s: Redis error, closing: %s", sock.runner, exc)
-            await sock.close(CLOSE_INTERNAL, "storage unavailable; reconnect")
+            await sock.close(closecodes.INTERNAL, "storage unavailable; reconnect")
         except Exception:
             log.exception("runner %s: unexpected error, closing", sock.runner)
-            await sock.close(CLOSE_INTERNAL, "internal error; reconnect")
+            await sock.close(closecodes.INTERNAL, "internal error; reconnect")
 
 
 async def handle_frame(pod: Pod, sock: RunnerSocket, frame: Mapping[str, Any]) -> None:
     text = frame.get("text")
     if not isinstance(text, str):
-        raise ProtocolError(CLOSE_UNSUPPORTED, "binary frames are not accepted")
+        raise ProtocolError(closecodes.UNSUPPORTED, "binary frames are not accepted")
     if len(text) > pod.settings.max_message_bytes:
-        raise ProtocolError(CLOSE_TOO_BIG, "message over the size limit")
+        raise ProtocolError(closecodes.TOO_BIG, "message over the size limit")
     try:
         message = messages.decode_runner_message(text)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise ProtocolError(CLOSE_INVALID, f"invalid message: {exc}") from None
+        raise ProtocolError(closecodes.INVALID, f"invalid message: {exc}") from None
     except Exception as exc:  # any other decoder failure is still the frame's fault
         log.info("runner %s: frame refused by the decoder: %r", sock.runner, exc)
-        raise ProtocolError(CLOSE_INVALID, "invalid message: undecodable") from None
+        raise ProtocolError(closecodes.INVALID, "invalid message: undecodable") from None
     await HANDLERS[type(message)](pod, sock, message)
 
 
 async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
     assert isinstance(message, messages.Ready)
-    lingering = sock.session.state is State.LINGERING
-    sock.session.fire(Event.READY)
-    sock.rang = False
-    sock.prior = None  # rule 1: the ready script ends any attempt the record still holds
-    if lingering and (sock.held_offer is not None or sock.listed):
+    plan = sock.session.ready()
+    if plan is not ReadyPlan.ASK_REDIS:
         await _ready_from_linger(pod, sock, message.poll_timeout)
         return
     if sock.unlisting is not None:
@@ -202,9 +194,9 @@ async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> N
     if reply["result"] == "job":
         await pod.deliver(sock, Offer.from_reply(reply))
     elif reply["result"] in ("idle", "none"):
-        sock.session.fire(Event.WAIT)
-        pod.arm_poll(sock, message.poll_timeout)
-        if sock.rang:  # a doorbell came while the ready script ran: look again now
+        rang = sock.session.wait()
+        pod.polls.arm(sock, message.poll_timeout)
+        if rang:  # a doorbell came while the ready script ran: look again now
             pod.spawn(pod.observe(sock.runner))
     else:
         await pod.observe(sock.runner)  # no longer the runner's current connection
@@ -213,28 +205,22 @@ async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> N
 async def _ready_from_linger(pod: Pod, sock: RunnerSocket, poll_timeout: int) -> None:
     """The runner never left the idle sets: answer from what the pod already knows."""
     sock.cancel_poll_timer()
-    offer, sock.held_offer = sock.held_offer, None
+    offer = sock.session.take_held()
     if offer is not None:
         await pod.deliver(sock, offer)
         return
-    sock.session.fire(Event.WAIT)
-    pod.arm_poll(sock, poll_timeout)
-
-
-def _check_running_allowed(sock: RunnerSocket) -> None:
-    if sock.session.state in (State.POLLING, State.READYING):
-        sock.session.fire(Event.RUNNING)  # raises the 1008 protocol error
+    sock.session.wait()
+    pod.polls.arm(sock, poll_timeout)
 
 
 async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
     assert isinstance(message, messages.Running)
-    _check_running_allowed(sock)
-    await pod.unlinger(sock)
+    sock.session.check_running()  # 1008 while a poll is open
+    await pod.polls.unlinger(sock)
     call = functions.start(pod.keys, sock.runner, message.job, message.attempt)
     reply = await functions.run(pod.redis, call)
     if reply["result"] == "ok":
         sock.session.start_job(message.job, message.attempt, Event.RUNNING)
-        sock.prior = None
         pod.metrics.started(sock, message.job, message.attempt)
         await sock.send(messages.Ack(job=message.job, of="running"))
     else:
@@ -267,7 +253,7 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
             log.warning("result of %s not durable in time (%r): no ack", message.job, waited)
             if reply["result"] == "recorded":
                 pod.wake_pump()
-            await sock.close(CLOSE_INTERNAL, "result not yet durable; resend it")
+            await sock.close(closecodes.INTERNAL, "result not yet durable; resend it")
             return
     else:
         reply = await functions.run(pod.redis, call)
@@ -275,9 +261,7 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
         pod.wake_pump()
     else:  # duplicate, stale or unknown: acknowledged all the same (rule 4)
         pod.metrics.fenced_reply(_TERMINAL_EVENT[type(message)], reply["result"])
-    if sock.session.holds(message.job, message.attempt):
-        sock.session.fire(Event.JOB_DONE)
-    sock.forget_prior(message.job)
+    sock.session.job_done(message.job, message.attempt)
     await sock.send(messages.Ack(job=message.job, of=_TERMINAL_EVENT[type(message)]))
 
 

@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import redis
 import redis.asyncio
 
 from dispatcher import redisconn
+from dispatcher.pod.bells import Bell, parse_bell
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,71 +31,6 @@ RETRY_MAX = 30.0
 # be this ('!' is not allowed in names), so it is never taken for a doorbell.
 PROBE = "!probe"
 _PROBE = PROBE.encode()
-
-
-_RUNNER_NAME = re.compile(r"[A-Za-z0-9._@+\-]{1,128}")  # NAME_PATTERN of dispatch.lua
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """What a pod needs to send a `job` frame: a claimed job's current attempt (``payload`` is
-    the submitted JSON text, kept raw)."""
-
-    job: str
-    attempt: int
-    spec: str
-    payload: bytes
-    timeout: float
-    created: int | None  # ms on the Redis clock
-
-    @classmethod
-    def from_reply(cls, reply: Mapping[str, Any]) -> Offer:
-        """The offer of a function's JSON reply (``ready``, ``poll_end``, ``observe``)."""
-        created = reply.get("created")
-        return cls(
-            job=str(reply["job"]),
-            attempt=int(reply["attempt"]),
-            spec=str(reply["spec"]),
-            payload=str(reply["payload"]).encode(),
-            timeout=float(reply["timeout"]),
-            created=None if created is None else int(created),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Bell:
-    """One doorbell message: look at ``runner``. A match's bell also names the connection
-    generation the runner was idle on and the job and attempt assigned, and carries the offer
-    when its payload was small enough to ride along (else ``offer`` is None)."""
-
-    runner: str
-    conn: int = 0  # 0: not a match's bell
-    job: str = ""
-    attempt: int = 0
-    offer: Offer | None = None
-
-
-def parse_bell(data: bytes) -> Bell | None:
-    """Parse a bell (format in ``dispatch.lua``, ``notify_offer``): a runner name alone, or
-    ``'<runner> <conn> <job> <attempt> <spec> <timeout> <created>'`` and, after a newline, the
-    payload. None when the message names no runner; a match's bell whose head does not parse is
-    taken as a bell for its first word (the pod then reads the rest from Redis)."""
-    head, newline, payload = data.partition(b"\n")
-    try:
-        fields = head.decode().split(" ")
-    except UnicodeDecodeError:
-        return None
-    if not _RUNNER_NAME.fullmatch(fields[0]):
-        return None
-    if len(fields) == 1 and not newline:
-        return Bell(fields[0])
-    try:
-        runner, conn, job, attempt, spec, timeout, created = fields
-        offer = Offer(job, int(attempt), spec, payload, float(timeout), int(float(created)))
-        generation = int(conn)
-    except ValueError:
-        return Bell(fields[0])
-    return Bell(runner, generation, job, offer.attempt, offer if payload else None)
 
 
 class Doorbell:

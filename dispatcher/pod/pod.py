@@ -21,28 +21,24 @@ import logging
 import uuid
 from typing import Any
 
-import msgspec
 import redis
 import redis.asyncio
 
-from dispatch_protocol import messages
+from dispatch_protocol import closecodes
 from dispatcher import functions, redisconn
-from dispatcher.doorbell import PROBE, Bell, Doorbell, Offer
 from dispatcher.durability import Durability
 from dispatcher.keys import Keys
-from dispatcher.longpoll import LongPoll
+from dispatcher.pod.bells import Bell, Offer
+from dispatcher.pod.doorbell import PROBE, Doorbell
+from dispatcher.pod.longpoll import LongPolls
+from dispatcher.pod.session import BellAction, Observed
+from dispatcher.pod.sockets import RunnerSocket
 from dispatcher.podmetrics import PodMetrics
-from dispatcher.records import rfc3339
 from dispatcher.results import PumpConfig, PumpLoop
-from dispatcher.session import Event, State
 from dispatcher.settings import Settings
-from dispatcher.sockets import RunnerSocket
 
 log = logging.getLogger(__name__)
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_REVOKED = 4001
-CLOSE_SUPERSEDED = 4002
 STOP_WAIT = 2.0
 PROBE_EVERY_TICKS = 10  # a doorbell probe every 10 reconcile intervals (10 s by default)
 IN_FLIGHT = frozenset({"claimed", "running"})
@@ -52,20 +48,7 @@ REDIS_POOL_TIMEOUT = 10.0  # s a command may wait for a free connection before i
 VIA_TICK: contextvars.ContextVar[bool] = contextvars.ContextVar("via_tick", default=False)
 
 
-def job_message(offer: Offer, settings: Settings) -> messages.Job:
-    """The `job` frame for an offer (payload kept as raw JSON)."""
-    return messages.Job(
-        job=offer.job,
-        attempt=offer.attempt,
-        spec=offer.spec,
-        payload=msgspec.Raw(offer.payload),
-        timeout=offer.timeout,
-        heartbeat_interval=settings.heartbeat_interval,
-        created=rfc3339(offer.created) or "",
-    )
-
-
-class Pod(LongPoll):
+class Pod:
     """Everything one dispatcher process does besides serving HTTP."""
 
     def __init__(self, settings: Settings, pod_id: str | None = None) -> None:
@@ -93,6 +76,7 @@ class Pod(LongPoll):
         self.durability = Durability.parse(settings.ack_durability)
         self.metrics = PodMetrics()  # served on the admin port (dispatcher.adminserver)
         self.sockets: dict[str, RunnerSocket] = {}
+        self.polls = LongPolls(self)
         self.doorbell = Doorbell(
             settings,
             self.keys.pod_channel(self.id),
@@ -138,7 +122,7 @@ class Pod(LongPoll):
         self.stopping = True
         sockets = list(self.sockets.values())
         await asyncio.gather(
-            *(s.close(CLOSE_GOING_AWAY, "dispatcher pod shutting down") for s in sockets),
+            *(s.close(closecodes.GOING_AWAY, "dispatcher pod shutting down") for s in sockets),
             return_exceptions=True,
         )
         for sock in sockets:
@@ -199,16 +183,15 @@ class Pod(LongPoll):
             self._missed.discard(runner)
             self.spawn(self.observe(runner))
         sock = RunnerSocket(runner, int(reply["conn"]), ws)
-        if reply.get("job"):
-            sock.prior = (reply["job"], int(reply["attempt"]))
+        sock.session.attached(reply.get("job") or "", reply.get("attempt"))
         old = self.sockets.get(runner)
         if old is not None and old.conn > sock.conn:
             # two handshakes raced and the newer one registered first: this one is the old one
-            await sock.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
+            await sock.close(closecodes.SUPERSEDED, "superseded by a newer connection")
             return sock
         self.sockets[runner] = sock
         if old is not None:
-            await old.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
+            await old.close(closecodes.SUPERSEDED, "superseded by a newer connection")
         return sock
 
     async def detach(self, sock: RunnerSocket) -> None:
@@ -216,7 +199,7 @@ class Pod(LongPoll):
         if self.sockets.get(sock.runner) is sock:
             del self.sockets[sock.runner]
         try:
-            if sock.session.state in (State.POLLING, State.LINGERING, State.READYING):
+            if sock.session.releases_on_detach():
                 # a job assigned but not sent yet goes back to the queue at once, instead of
                 # waiting out its start deadline
                 call = functions.poll_end(self.keys, sock.runner, sock.conn, release=True)
@@ -237,15 +220,14 @@ class Pod(LongPoll):
 
     def _begin_delivery(self, sock: RunnerSocket, offer: Offer) -> bool:
         # synchronous, so whichever of a bell and an observe comes second sees IN_FLIGHT
-        if sock.session.sent == (offer.job, offer.attempt):
+        if not sock.session.begin_delivery(offer):
             log.debug("%s: job %s/%d already sent", sock.runner, offer.job, offer.attempt)
             return False
         sock.cancel_poll_timer()
-        sock.session.start_job(offer.job, offer.attempt, Event.SEND_JOB)
         return True
 
     async def _send_job(self, sock: RunnerSocket, offer: Offer, recovery: bool) -> None:
-        await sock.send(job_message(offer, self.settings))
+        await sock.send(offer.message(self.settings.heartbeat_interval))
         self.metrics.delivered(offer.created)
         self.metrics.sent(sock, offer.job, offer.attempt, recovery)
 
@@ -259,15 +241,12 @@ class Pod(LongPoll):
         """Send the offer a match's bell carries, when the connection it was made for is here
         and in its long poll; the inbox is reconciled after the send. False: ``observe``."""
         sock = self.sockets.get(bell.runner)
-        if bell.offer is None or sock is None or sock.closed or sock.conn != bell.conn:
-            return False  # (an older generation's bell is never delivered on a newer one)
-        if sock.session.sent == (bell.job, bell.attempt):
-            return True  # the reconcile sent it first (and took the runner out of the inbox)
-        if sock.session.state is not State.POLLING:
+        if sock is None or bell.offer is None:
             return False
-        self._begin_delivery(sock, bell.offer)
-        self.spawn(self._send_rung(sock, bell.offer))
-        return True
+        action = sock.session.rung(bell, sock.conn)
+        if action is BellAction.SEND and self._begin_delivery(sock, bell.offer):
+            self.spawn(self._send_rung(sock, bell.offer))
+        return action is not BellAction.OBSERVE
 
     async def _send_rung(self, sock: RunnerSocket, offer: Offer) -> None:
         await self._send_job(sock, offer, recovery=False)
@@ -293,7 +272,7 @@ class Pod(LongPoll):
 
     async def _observe_once(self, runner: str) -> None:
         sock = self.sockets.get(runner)
-        watched = sock.watched_job() if sock is not None else None
+        watched = sock.session.watched_job() if sock is not None else None
         local_job = watched[0] if watched else ""
         reply = await functions.run(
             self.redis, functions.observe(self.keys, self.id, runner, local_job)
@@ -307,27 +286,27 @@ class Pod(LongPoll):
             self._missed.add(runner)  # the attach observes again once its socket is registered
         if sock is None or sock.closed:
             return
-        if not reply["exists"]:
-            await sock.close(CLOSE_REVOKED, "runner token revoked")
-        elif str(reply["conn"]) != str(sock.conn):
-            await sock.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
-        elif sock.session.state is State.READYING:
-            sock.rang = True  # the ready handler looks again once it knows the outcome
-        elif sock.session.state is State.LINGERING:
-            offer = reply.get("offer")
-            sock.held_offer = Offer.from_reply(offer) if offer else None
-            sock.listed = bool(reply.get("polling"))
-        elif sock.session.state is State.POLLING and reply.get("offer"):
-            await self.deliver(sock, Offer.from_reply(reply["offer"]))
-        elif (
-            sock.session.state is State.POLLING
-            and not reply.get("polling")
-            and self.settings.wake == "pubsub"
-        ):
+        offer = Offer.from_reply(reply["offer"]) if reply.get("offer") else None
+        action = sock.session.observed(
+            exists=bool(reply["exists"]),
+            current=str(reply["conn"]) == str(sock.conn),
+            offer=offer is not None,
+            polling=bool(reply.get("polling")),
+            pubsub=self.settings.wake == "pubsub",
+        )
+        if action is Observed.CLOSE_REVOKED:
+            await sock.close(closecodes.REVOKED, "runner token revoked")
+        elif action is Observed.CLOSE_SUPERSEDED:
+            await sock.close(closecodes.SUPERSEDED, "superseded by a newer connection")
+        elif action is Observed.HOLD:
+            sock.session.hold(offer)
+        elif action is Observed.SEND and offer is not None:
+            await self.deliver(sock, offer)
+        elif action is Observed.END_POLL:
             # a job assigned to the runner was canceled or lost before it was sent: the runner
             # left the idle sets then; end its poll now (`no_job`) so it asks again at once
-            await self.end_poll(sock, sock.session.poll)
-        elif watched is not None and sock.watched_job() == watched:
+            await self.polls.end(sock, sock.session.poll)
+        elif action is Observed.CHECK_WATCHED and watched and sock.session.watched_job() == watched:
             await self._check_watched(sock, watched, reply.get("local") or {})
 
     async def _check_watched(
@@ -361,7 +340,7 @@ class Pod(LongPoll):
             )
             self.metrics.presence_lost.inc()
             for sock in list(self.sockets.values()):
-                self.spawn(sock.close(CLOSE_GOING_AWAY, "dispatcher pod lost its presence"))
+                self.spawn(sock.close(closecodes.GOING_AWAY, "dispatcher pod lost its presence"))
         self._joined = True
         for job_id, outcome, attempt in reply.get("reaped") or []:
             log.info("reaped job %s attempt %s: %s", job_id, attempt, outcome)

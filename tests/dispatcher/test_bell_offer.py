@@ -7,9 +7,10 @@ import json
 
 import redis
 
-from dispatcher.doorbell import PROBE, Bell, Offer, parse_bell
 from dispatcher.keys import Keys
 from dispatcher.pod import Pod
+from dispatcher.pod.bells import Bell, Offer, parse_bell
+from dispatcher.pod.doorbell import PROBE
 from dispatcher.settings import Settings
 from tests.dispatcher.support import (
     SPEC,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from dispatcher.doorbell import Bell, Doorbell
+from dispatcher.pod.bells import Bell
+from dispatcher.pod.doorbell import Doorbell
 from dispatcher.settings import Settings
 from tests.dispatcher.support import RClient, eventually
 

@@ -14,7 +14,7 @@ import time
 import httpx
 import websockets
 
-from dispatcher.pod import REDIS_POOL_SIZE
+from dispatcher.pod.pod import REDIS_POOL_SIZE
 from tests.dispatcher.support import (
     SPEC,
     cancel,

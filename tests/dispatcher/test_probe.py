@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from dispatcher import pod as pod_module
+from dispatcher.pod import pod as pod_module
 from tests.dispatcher.support import SPEC, eventually, submit, take_job
 from tests.podkit import add_runner, connect
 
