@@ -14,18 +14,22 @@ single-server clients the dispatcher was written against.
   ``max_connections`` a command waits up to ``timeout`` s for a connection. redis-py's asyncio
   cluster client raises ``MaxConnectionsError`` (with an empty message) at once instead, so 100
   runners connecting together failed their handshakes with 503 and closed live runners' sockets.
-  ``AsyncRedisCluster`` lets at most ``max_connections`` commands run at a time and makes the
-  others wait, up to ``timeout`` s, then raise ``redis.ConnectionError``.
+  ``AsyncRedisCluster`` lets at most ``max_connections`` commands and pipelines run at a time and
+  makes the others wait, up to ``timeout`` s, then raise ``redis.ConnectionError``. A command
+  redis-py sends from inside a pipeline (a redirected one) runs on its caller's turn.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.cluster
 from redis.exceptions import RedisClusterException
 
@@ -75,21 +79,50 @@ class AsyncRedisCluster(redis.asyncio.RedisCluster):
         super().__init__(*args, **kwargs)
         self._queue_timeout = queue_timeout
         self._turns = asyncio.Semaphore(int(kwargs.get("max_connections", 2**31)))
+        self._holding: ContextVar[bool] = ContextVar(f"cluster-turn-{id(self)}", default=False)
 
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """One of the ``max_connections`` turns (the caller's own when it holds one already)."""
+        if self._holding.get():
+            yield
+            return
         try:
             await asyncio.wait_for(self._turns.acquire(), self._queue_timeout)
         except TimeoutError:
             raise redis.ConnectionError(
                 f"no free Redis connection within {self._queue_timeout:g} s"
             ) from None
+        token = self._holding.set(True)
         try:
-            return await super().execute_command(*args, **kwargs)
+            yield
         finally:
+            self._holding.reset(token)
             self._turns.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> redis.asyncio.cluster.ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         keys = declared_keys((command, *args))
         if keys is None:
             return await super()._determine_slot(command, *args)
         return _one_slot(command, {self.keyslot(key) for key in keys})
+
+
+class _Pipeline(redis.asyncio.cluster.ClusterPipeline):
+    """A pipeline that runs on one of its client's turns."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        client = self.cluster_client
+        assert isinstance(client, AsyncRedisCluster)
+        async with client.turn():
+            return await super().execute(raise_on_error, allow_redirections)

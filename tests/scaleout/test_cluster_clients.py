@@ -104,6 +104,18 @@ async def test_a_burst_past_max_connections_waits_for_its_turn(cluster: Backend)
     await client.ping()
     replies = await asyncio.gather(*(client.incr(key) for _ in range(200)))
     assert sorted(replies) == list(range(1, 201))
+
+    async def pipelined() -> list[Any]:  # as the pod's handshake does
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.get(key)
+            return list(await pipe.execute())
+
+    both = await asyncio.gather(
+        *(pipelined() for _ in range(100)), *(client.incr(key) for _ in range(100))
+    )
+    assert await client.get(key) == "400"
+    assert all(len(r) == 2 for r in both[:100])
     await client.aclose()
 
 
