@@ -8,6 +8,9 @@ what a client can make the pod hold is bounded by ``HeadLimits.max_bytes`` whate
 
 Lines end with LF (a CR before it is not counted as part of the line). Empty lines before the
 request line are skipped (RFC 9112, section 2.2) but their bytes count toward the total.
+
+``wants_websocket`` decides, from a complete head's bytes, which protocol reads it: the
+WebSocket protocol (which validates the handshake itself) or the plain HTTP parser.
 """
 
 from __future__ import annotations
@@ -129,3 +132,19 @@ class HeadScanner:
         if self._lines == 0:
             return Exceeded(URI_TOO_LONG, "request line too long")
         return Exceeded(FIELDS_TOO_LARGE, "request head too large")
+
+
+def wants_websocket(head: bytes) -> bool:
+    """Whether a complete request head has an ``Upgrade`` field listing ``websocket``
+    (case-insensitive, RFC 6455 section 4.2.1); the rest of the handshake is not checked here."""
+    lowered = head.lower()
+    start = 0
+    while True:
+        at = lowered.find(b"\nupgrade:", start)
+        if at < 0:
+            return False
+        start = at + len(b"\nupgrade:")
+        end = lowered.find(b"\n", start)
+        value = lowered[start:end] if end >= 0 else lowered[start:]
+        if any(token.strip() == b"websocket" for token in value.split(b",")):
+            return True

@@ -1,8 +1,11 @@
 """Serve one pod with uvicorn: `dispatcher serve`.
 
-uvicorn binds the socket, runs the lifespan and parses HTTP behind the guard
-(``dispatcher.guard``); an upgraded connection is served by ``dispatcher.wsprotocol`` (our own
-WebSocket protocol on websockets' sans-I/O core, passed through uvicorn's public ``ws`` option).
+uvicorn binds the socket, runs the lifespan and the loop; every connection is served by our own
+protocols, passed through uvicorn's public options: ``http=`` the front door
+(``dispatcher.frontdoor``: head limits, handshake tickets, refusals, the probes over h11) and
+``ws=`` the WebSocket protocol an upgrade is handed to (``dispatcher.wsprotocol``, on
+websockets' sans-I/O core). No class of uvicorn's is subclassed but ``uvicorn.Server`` (its
+documented programmatic entry point).
 
 On the first SIGTERM/SIGINT the pod closes every channel itself with 1001 ("going away; reconnect
 to any pod") before uvicorn shuts down, because uvicorn would close them with 1012. A second
@@ -22,7 +25,8 @@ import uvicorn
 
 from dispatcher import logredact
 from dispatcher.app import create_app
-from dispatcher.guard import HandshakeGate, guarded
+from dispatcher.frontdoor import front_door
+from dispatcher.guard import HandshakeGate
 from dispatcher.headlimits import HeadLimits
 from dispatcher.pod import Pod
 from dispatcher.settings import Settings
@@ -85,7 +89,7 @@ def build_server(
         create_app(settings, pod),
         host=host,
         port=port,
-        http=guarded(gate),
+        http=front_door(gate),  # uvicorn's public option: a new connection's protocol class
         ws=ChannelProtocol,  # uvicorn's public option: the upgraded connection's protocol class
         # X-Forwarded-For is read by the handshake itself, only from DISPATCHER_TRUSTED_PROXIES
         proxy_headers=False,
