@@ -33,6 +33,11 @@ NO_STATUS = 1005  # a close frame without a code, or the runner went before one 
 Address = tuple[str, int] | None
 
 
+class Disconnected(OSError):
+    """The application sent on a connection that is gone (Starlette turns an OSError into
+    ``WebSocketDisconnect``)."""
+
+
 def channel_scope(
     request: Request,
     *,
