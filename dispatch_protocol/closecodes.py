@@ -19,6 +19,11 @@ INVALID: Final = 1007  # not JSON, not the schema, not UTF-8
 POLICY_VIOLATION: Final = 1008  # a message not allowed in the connection's state
 TOO_BIG: Final = 1009
 INTERNAL: Final = 1011
+# RFC 6455 / IANA codes a proxy or server in between may send; not in PROTOCOL.md's table (the
+# dispatcher never sends them) but the runner treats them as "this pod is away, try another"
+SERVICE_RESTART: Final = 1012
+TRY_AGAIN_LATER: Final = 1013
+BAD_GATEWAY: Final = 1014
 REVOKED: Final = 4001
 SUPERSEDED: Final = 4002
 

@@ -42,13 +42,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from dispatch_protocol import closecodes
 from runner.backoff import Backoff
 from runner.events import Connected, ConnectFailed, ConnectionLost, Input, MessageReceived
 
 log = logging.getLogger(__name__)
 
 # Close codes after which another pod is tried (see the module docstring).
-ROTATE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+ROTATE_CLOSE_CODES = frozenset(
+    {
+        closecodes.GOING_AWAY,
+        closecodes.ABNORMAL,
+        closecodes.INTERNAL,
+        closecodes.SERVICE_RESTART,
+        closecodes.TRY_AGAIN_LATER,
+        closecodes.BAD_GATEWAY,
+    }
+)
 DEFAULT_HEALTHY_SESSION = 30.0
 
 
