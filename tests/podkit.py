@@ -18,6 +18,8 @@ from dispatcher.server import PodServer, build_server
 from dispatcher.settings import Settings
 from dispatcher.tokens import new_token, token_hash
 
+START_TIMEOUT = 30.0  # generous: a busy 2-core machine can take seconds to start a pod
+
 
 @dataclass
 class RunningPod:
@@ -63,8 +65,9 @@ async def start_pod_on_port(settings: Settings, port: int = 0) -> RunningPod:
     port = sock.getsockname()[1]
     server = build_server(settings, port=port, signals=False, log_level="warning")
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(500):
-        if server.started or task.done():
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+    while not (server.started or task.done()):
+        if asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.01)
     if task.done():
