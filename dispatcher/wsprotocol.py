@@ -16,7 +16,7 @@ close handshake, permessage-deflate), and no subclass of uvicorn's classes. Its 
   noticed first, with or without compression;
 - keepalive pings on one timer per server (``dispatcher.wskeepalive``), not one per connection;
 - little per-connection state (issue 11, "Memory"): ``__slots__``, no ``asyncio.Queue`` (an inbox
-  that holds at most one message and a disconnect: reading pauses while a message waits), no
+  of a message or two and a disconnect: reading pauses while a message waits behind another), no
   ``asyncio.Event`` for write flow control (a future only while the transport is paused), the
   101 response dropped once sent, shared constant scope parts (``dispatcher.wsasgi``).
 
@@ -294,7 +294,10 @@ class ChannelProtocol(asyncio.Protocol):
                 self._fail_sent()
                 return
             self._deliver({"type": "websocket.receive", "text": text})
-        if not self.read_paused:  # one message at a time: the next waits in the kernel
+        if len(self._inbox) > 1 and not self.read_paused:
+            # a message is still waiting for the application: the next ones wait in the kernel.
+            # Not after every message: a pause and a resume per message cost two system calls
+            # (python -m bench.wscpu), and an application that keeps up never needs them
             self.read_paused = True
             self.transport.pause_reading()
 
