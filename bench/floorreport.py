@@ -168,7 +168,9 @@ def _target_rows(r: dict[str, Any], k: dict[str, float | None]) -> list[Row]:
             "x",
             "≤ 0.5",
             _le(k["headline_p50_pubsub_over_rq"], 0.5),
-            f"rq p50 {_fmt(_q(r, 'headline', 'rq', 'p50'))} ms",
+            f"rq p50 {_fmt(_q(r, 'headline', 'rq', 'p50'))} ms; its one worker used "
+            f"{_fmt(_get(r, 'runs', 'headline', 'rq', 'cpu_percent', 'worker0'))} % of a core: "
+            "near 100 % it cannot keep up and its latency is queueing",
         ),
         _row(
             SCENARIO,
