@@ -10,10 +10,8 @@ close handshake, permessage-deflate), and no subclass of uvicorn's classes. Its 
   the front door's ``Ticket`` (pending count, deadline) is held until then (``adopt_ticket``);
 - frames, here: a text message is decoded **once** (the application gets that ``str``); one that
   is not UTF-8 is closed 1007 *with a reason* (PROTOCOL.md: every close carries one);
-- a connection failed by the server (1007, 1009, 1002: the runner sent something it must not)
-  sends its close frame and lingers (``dispatcher.linger``): write side shut, the runner's input
-  dropped for a while, then the close, so the runner reads the close frame whichever side
-  noticed first, with or without compression;
+- every way a connection ends (the runner's close, the application's, a failure such as 1009
+  lingering so the runner reads it, uvicorn's shutdown): ``dispatcher.wsclosing``;
 - keepalive pings on one timer per server (``dispatcher.wskeepalive``), not one per connection;
 - little per-connection state (issue 11, "Memory"): ``__slots__``, no ``asyncio.Queue`` (an inbox
   of a message or two and a disconnect: reading pauses while a message waits behind another), no
@@ -42,7 +40,6 @@ with the request head; on exit uvicorn calls ``shutdown()`` on every connection 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from typing import Any, cast
@@ -52,7 +49,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from dispatcher import wsasgi, wshandshake
+from dispatcher import wsasgi, wsclosing, wshandshake
 from dispatcher.guard import Ticket
 from dispatcher.linger import Linger
 from dispatcher.wsasgi import Disconnected
@@ -60,23 +57,19 @@ from dispatcher.wskeepalive import KeepaliveSweep, sweep_for
 
 log = logging.getLogger(__name__)
 
-CLOSE_TIMEOUT = 10.0  # after the pod's close frame, how long the runner has to echo it
-FAIL_LINGER = 2.0  # after a failure close (1007, 1009, ...), how long input is read and dropped
 
 Message = dict[str, Any]
 _CONNECT: Message = {"type": "websocket.connect"}
 
-__all__ = ["CLOSE_TIMEOUT", "FAIL_LINGER", "ChannelProtocol", "Disconnected"]
+__all__ = ["ChannelProtocol", "Disconnected"]
 
 
 class ChannelProtocol(asyncio.Protocol):
     """One WebSocket connection of the pod (see the module's header)."""
 
     __slots__ = (
-        "_close_timer",
         "_fragments",
         "_inbox",
-        "_linger",
         "_ping",
         "_text",
         "_waiter",
@@ -85,10 +78,12 @@ class ChannelProtocol(asyncio.Protocol):
         "app_state",
         "client",
         "close_sent",
+        "close_timer",
         "config",
         "conn",
         "denial",
         "disconnected",
+        "linger",
         "read_paused",
         "response",
         "scope",
@@ -122,13 +117,13 @@ class ChannelProtocol(asyncio.Protocol):
         self.close_sent = False
         self.disconnected = False
         self.read_paused = False
-        self._linger: Linger | None = None  # a failure close is out: input is dropped
+        self.linger: Linger | None = None  # a failure close is out: input is dropped
         self._inbox: list[Message] = []
         self._waiter: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None  # set while the transport is paused
         self._fragments: list[bytes] | None = None  # a fragmented message being assembled
         self._text = False
-        self._close_timer: asyncio.TimerHandle | None = None
+        self.close_timer: asyncio.TimerHandle | None = None
         self._ping: bytes | None = None  # the payload of the ping awaiting its pong
 
     # -- the front door's ticket ---------------------------------------------------------------
@@ -165,12 +160,12 @@ class ChannelProtocol(asyncio.Protocol):
             self.client = (str(peer[0]), int(peer[1]))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_keepalive()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-        if self._linger is not None:
-            self._linger.cancel()
+        self.stop_keepalive()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        if self.linger is not None:
+            self.linger.cancel()
         if self.ticket is not None:
             self.ticket.release()
             self.ticket = None
@@ -185,8 +180,8 @@ class ChannelProtocol(asyncio.Protocol):
             writable.set_result(None)
 
     def eof_received(self) -> bool | None:
-        if self._linger is not None:
-            self._linger.peer_closed()  # the runner stopped sending: nothing left to drop
+        if self.linger is not None:
+            self.linger.peer_closed()  # the runner stopped sending: nothing left to drop
         return None
 
     def pause_writing(self) -> None:
@@ -199,8 +194,8 @@ class ChannelProtocol(asyncio.Protocol):
             writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self._linger is not None:
-            self._linger.drain(data)  # the close frame is out and the write side shut
+        if self.linger is not None:
+            self.linger.drain(data)  # the close frame is out and the write side shut
             return
         conn = self.conn
         conn.receive_data(data)
@@ -212,10 +207,10 @@ class ChannelProtocol(asyncio.Protocol):
                 wshandshake.handle_request(self, event)
             elif isinstance(event, Frame):
                 self._handle_frame(event)
-            if self._linger is not None or self.transport.is_closing():
+            if self.linger is not None or self.transport.is_closing():
                 return
         if conn.parser_exc is not None:
-            self._fail_sent()
+            wsclosing.fail_sent(self)
             return
         self.flush()
 
@@ -243,7 +238,7 @@ class ChannelProtocol(asyncio.Protocol):
                 wshandshake.send_500(self)
             elif result is not None:
                 log.error("the ASGI application returned %r instead of None", result)
-        if self._close_timer is None and self._linger is None:
+        if self.close_timer is None and self.linger is None:
             self.transport.close()
 
     def opened(self) -> None:
@@ -279,7 +274,7 @@ class ChannelProtocol(asyncio.Protocol):
         elif opcode is Opcode.PONG:
             self._pong(bytes(frame.data))
         elif opcode is Opcode.CLOSE:
-            self._close_received()
+            wsclosing.close_received(self)
         # PING: websockets has queued the pong; the flush after the events sends it
 
     def _message(self, payload: bytes) -> None:
@@ -291,7 +286,7 @@ class ChannelProtocol(asyncio.Protocol):
             text = wsasgi.decode_text(payload)
             if text is None:
                 self.conn.fail(CloseCode.INVALID_DATA, wsasgi.INVALID_UTF8)
-                self._fail_sent()
+                wsclosing.fail_sent(self)
                 return
             self._deliver({"type": "websocket.receive", "text": text})
         if len(self._inbox) > 1 and not self.read_paused:
@@ -300,35 +295,6 @@ class ChannelProtocol(asyncio.Protocol):
             # (python -m bench.wscpu), and an application that keeps up never needs them
             self.read_paused = True
             self.transport.pause_reading()
-
-    def _close_received(self) -> None:
-        if self.close_sent:  # the runner echoed the pod's close: the handshake is complete
-            self.flush()
-            self.transport.close()
-            return
-        rcvd = self.conn.close_rcvd
-        code = rcvd.code if rcvd is not None else wsasgi.NO_STATUS
-        self.disconnect(code, rcvd.reason if rcvd is not None else "")
-        self._stop_keepalive()
-        self.flush()  # websockets has queued the echo of the runner's close
-        self.transport.close()
-
-    def _fail_sent(self) -> None:
-        """websockets (or the pod) failed the connection: a close frame is queued. Send it and
-        linger FAIL_LINGER seconds (``dispatcher.linger``)."""
-        sent = self.conn.close_sent
-        if not self.disconnected:
-            code = sent.code if sent is not None else wsasgi.ABNORMAL
-            self.disconnect(code, sent.reason if sent is not None else "")
-        self.disconnected = True
-        self.close_sent = True
-        self._stop_keepalive()
-        self.flush()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-        self.read_paused = False
-        self._linger = Linger(self.transport, FAIL_LINGER)
 
     # -- the application's side (ASGI receive/send) -------------------------------------------
 
@@ -367,7 +333,7 @@ class ChannelProtocol(asyncio.Protocol):
         elif kind == "websocket.send":
             self._send_data(message)
         elif kind == "websocket.close":
-            self._send_close(message)
+            wsclosing.send_close(self, message)
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an open WebSocket")
 
@@ -384,25 +350,6 @@ class ChannelProtocol(asyncio.Protocol):
             raise Disconnected() from None
         self.flush()
 
-    def _send_close(self, message: Message) -> None:
-        if self.close_sent or self.transport.is_closing():
-            return
-        code = int(message.get("code") or 1000)
-        self.disconnect(code, str(message.get("reason") or ""))
-        self._stop_keepalive()
-        try:
-            self.conn.send_close(code, str(message.get("reason") or ""))
-        except InvalidState:
-            self.transport.close()
-            return
-        self.flush()
-        if self.read_paused:  # the runner's echo must be read
-            self.read_paused = False
-            self.transport.resume_reading()
-        self._close_timer = asyncio.get_running_loop().call_later(
-            CLOSE_TIMEOUT, self.transport.close
-        )
-
     # -- keepalive (one sweep per server, dispatcher.wskeepalive) ------------------------------
 
     def _sweep(self) -> KeepaliveSweep | None:
@@ -411,7 +358,7 @@ class ChannelProtocol(asyncio.Protocol):
             return None
         return sweep_for(self.server_state, interval, self.config.ws_ping_timeout)
 
-    def _stop_keepalive(self) -> None:
+    def stop_keepalive(self) -> None:
         self._ping = None
         sweep = self._sweep()
         if sweep is not None:
@@ -450,21 +397,7 @@ class ChannelProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """uvicorn is exiting (the pod closed its channels with 1001 before, when it could)."""
-        self._stop_keepalive()
-        if self.close_sent:
-            if self._close_timer is not None:
-                self._close_timer.cancel()
-                self._close_timer = None
-            self.transport.close()
-            return
-        if self.scope is not None and self.response is None and self.answered:
-            self.disconnect(1012, "service restart")
-            with contextlib.suppress(InvalidState):
-                self.conn.send_close(1012, "service restart")
-            self.flush()
-        else:
-            wshandshake.send_500(self)
-        self.transport.close()
+        wsclosing.shutdown(self)
 
     def flush(self) -> None:
         data = b"".join(self.conn.data_to_send())
