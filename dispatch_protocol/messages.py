@@ -17,6 +17,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 PROTOCOL_VERSION = 1
+PROTOCOL_MINOR = 1  # 1.1 added the runner's `log` event
+
+# The most UTF-8 one `log` chunk's `data` may hold (PROTOCOL.md rule 10); more closes with 1007.
+MAX_LOG_DATA_BYTES = 64 * 1024
 
 # How deep a frame's JSON may nest: objects and arrays, the frame's own object counted as 1.
 # Deeper is refused (1007). The decoder recurses, so this stays well below Python's recursion
@@ -29,6 +33,8 @@ Attempt = Annotated[int, msgspec.Meta(ge=1)]
 PollTimeout = Annotated[int, msgspec.Meta(ge=1, le=900)]
 DEFAULT_POLL_TIMEOUT = 30
 
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+LogStream = Literal["stdout", "stderr"]
 AckOf = Literal["running", "heartbeat", "completed", "failed", "canceled"]
 CancelReason = Literal["canceled", "timeout", "lease_lost"]
 
@@ -88,8 +94,18 @@ class Canceled(Message, frozen=True, tag="canceled"):
     attempt: Attempt
 
 
+class Log(Message, frozen=True, tag="log"):
+    """Live output of a job (protocol 1.1): never answered, fenced like `heartbeat`."""
+
+    job: JobId
+    attempt: Attempt
+    seq: Seq
+    stream: LogStream
+    data: str
+
+
 Terminal = Completed | Failed | Canceled
-RunnerMessage = Ready | Running | Heartbeat | Completed | Failed | Canceled
+RunnerMessage = Ready | Running | Heartbeat | Completed | Failed | Canceled | Log
 
 
 # -- server -> runner -------------------------------------------------------------------------
@@ -141,7 +157,19 @@ def decode_runner_message(text: str | bytes) -> RunnerMessage:
         raise msgspec.DecodeError("JSON nested too deeply") from None
     if isinstance(message, Completed | Failed) and _nests_deeper(text, message.results):
         raise msgspec.DecodeError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    if isinstance(message, Log) and utf8_length_over(message.data, MAX_LOG_DATA_BYTES):
+        raise msgspec.DecodeError(f"log data over {MAX_LOG_DATA_BYTES} bytes of UTF-8")
     return message
+
+
+def utf8_length_over(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes as UTF-8 (encodes only when in doubt:
+    a character takes 1 to 4 bytes)."""
+    if len(text) > limit:
+        return True
+    if len(text) * 4 <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def _nests_deeper(text: str | bytes, results: Any) -> bool:

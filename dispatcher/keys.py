@@ -30,9 +30,20 @@ class Keys:
         """HASH: the job record."""
         return self._k("job", job_id)
 
+    def log(self, job_id: str) -> str:
+        """STREAM: the job's live output (protocol 1.1 `log`), entries attempt, seq, stream, data;
+        capped by DISPATCHER_LOG_MAX_BYTES; expires with the job record."""
+        return self._k("log", job_id)
+
     def pending(self, spec: str) -> str:
         """ZSET: pending jobs of one spec; score -priority, member '<seq>:<job id>' (age order)."""
         return self._k("pending", spec)
+
+    @property
+    def delayed(self) -> str:
+        """ZSET: job id -> ms when its delayed retry is due (a `failed` from the runner with
+        retries left and a retry_delay); the pods' tick moves due ones to matching."""
+        return self._k("delayed")
 
     @property
     def leases(self) -> str:
@@ -75,6 +86,13 @@ class Keys:
         """HASH: monotonic counters (submitted, dispatched, completed, ...)."""
         return self._k("stats")
 
+    def usage(self, day: str) -> str:
+        """HASH: usage of one UTC day ('YYYY-MM-DD', the day jobs finished): fields
+        'ms:<by>:<name>' (running milliseconds) and 'jobs:<by>:<name>' (final jobs), ``by`` one of
+        spec, group, runner ('' name: none); written by the writers' ``record``, expires
+        DISPATCHER_USAGE_RETENTION_DAYS after the day (``dispatcher.usage``)."""
+        return self._k("usage", day)
+
     @property
     def schema(self) -> str:
         """STRING: schema version of this namespace's keys."""
@@ -98,6 +116,34 @@ class Keys:
     def specs(self) -> str:
         """SET: every spec a registered runner serves or a job asked for."""
         return self._k("specs")
+
+    # -- concurrency groups -----------------------------------------------------------------
+    @property
+    def groups(self) -> str:
+        """SET: every group a job or a limit named."""
+        return self._k("groups")
+
+    def group(self, group: str) -> str:
+        """HASH: the group's settings: ``limit`` (absent = config ``group_default_limit``, else
+        unlimited)."""
+        return self._k("group", group)
+
+    def group_inflight(self, group: str) -> str:
+        """SET: ids of the group's claimed and running jobs (never more than its limit)."""
+        return self._k("group", group, "inflight")
+
+    def group_pending(self, group: str, spec: str) -> str:
+        """ZSET: the group's pending jobs of one spec, scored and named as in ``pending``."""
+        return self._k("group", group, "pending", spec)
+
+    def group_specs(self, group: str) -> str:
+        """SET: specs the group has pending jobs of."""
+        return self._k("group", group, "specs")
+
+    def group_heads(self, group: str) -> str:
+        """HASH: spec -> the member of ``pending(spec)`` standing for the group (its best
+        pending job of that spec), present only while the group has room."""
+        return self._k("group", group, "heads")
 
     # -- pods -------------------------------------------------------------------------------
     @property

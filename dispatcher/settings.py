@@ -43,8 +43,11 @@ class Settings:
     poll_interval: float = 1.0
     pod_ttl: float = 15.0
     job_retention: float = 7 * 24 * 3600
+    usage_retention_days: int = 400  # per-day usage hashes (dispatcher.usage); 0 = kept
     linger: float = 5.0
     ws_compression: bool = False
+    # what one job's live log may store (protocol 1.1 `log`); past it chunks are dropped, counted
+    log_max_bytes: int = 16 * 1024 * 1024
     # -- results path (outbox -> rq batches -> writers -> sinks)
     result_batch_size: int = 256
     outbox_visibility: float = 10.0
@@ -109,8 +112,12 @@ class Settings:
             raise ConfigError("pod_ttl must be at least 3 x reconcile_interval")
         if self.timeout_grace < 0 or self.job_retention < 0 or self.linger < 0:
             raise ConfigError("timeout_grace, job_retention and linger must be >= 0")
+        if self.usage_retention_days < 0:
+            raise ConfigError("usage_retention_days must be >= 0 (0 = kept)")
         if self.max_message_bytes < 1024:
             raise ConfigError("max_message_bytes must be >= 1024")
+        if self.log_max_bytes < 0:
+            raise ConfigError("log_max_bytes must be >= 0")
         if self.connect_rate < 1:
             raise ConfigError("connect_rate must be >= 1")
         if self.wake not in ("pubsub", "poll"):

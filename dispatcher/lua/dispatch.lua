@@ -49,6 +49,9 @@ local function done_channel(ns) return key(ns, 'done') end
 local function outbox_key(ns) return key(ns, 'outbox') end
 local function sinkbox_key(ns, sink) return key(ns, 'sinkbox', sink) end
 local function sinks_key(ns) return key(ns, 'sinks') end
+local function log_key(ns, id) return key(ns, 'log', id) end
+local function delayed_key(ns) return key(ns, 'delayed') end
+local function usage_key(ns, day) return key(ns, 'usage', day) end
 -- rq keeps a queue named Q in the list 'rq:queue:Q' (mirror of Keys.rq_queue)
 local function results_rq_queue(ns) return 'rq:queue:' .. ns .. ':results' end
 local function sink_rq_queue(ns, sink) return 'rq:queue:' .. ns .. ':sink:' .. sink end
@@ -195,6 +198,99 @@ local function publish_done(ns, id) redis.call('SPUBLISH', done_channel(ns), id)
 -- matching
 -- ---------------------------------------------------------------------------------------------
 
+-- ---------------------------------------------------------------------------------------------
+-- concurrency groups (matching side)
+-- ---------------------------------------------------------------------------------------------
+--[[
+A job may name a group; at most the group's limit of its jobs are claimed or running at once.
+Per group g: group:<g> HASH (`limit`; absent = the namespace default, config
+`group_default_limit`, else unlimited), group:<g>:inflight SET (its claimed and running jobs),
+group:<g>:pending:<spec> ZSET (its pending jobs of one spec, scored and named as in
+pending:<spec>), group:<g>:specs SET (specs it has pending jobs of), group:<g>:heads HASH (spec ->
+the member of pending:<spec> that stands for the group); `groups` SET names every group.
+A group job waits in its group's queue. While the group has room, the head of each of its queues
+also sits in its spec's pending set, so matching (`best_pending`: ZRANGE 0 0 per spec) sees the
+best job of every group with room and never a job of a saturated group: bounded work per match,
+whatever the number of groups. When the group fills up its heads leave the pending sets (one ZREM
+per spec it waits on); when room comes back (a job ends or is re-queued, the limit is raised)
+they return and idle runners get them in the same call (`group_fill`).
+]]
+local function groups_key(ns) return key(ns, 'groups') end
+local function group_key(ns, g) return key(ns, 'group', g) end
+local function group_inflight_key(ns, g) return key(ns, 'group', g, 'inflight') end
+local function group_pending_key(ns, g, spec) return key(ns, 'group', g, 'pending', spec) end
+local function group_specs_key(ns, g) return key(ns, 'group', g, 'specs') end
+local function group_heads_key(ns, g) return key(ns, 'group', g, 'heads') end
+
+local MAX_GROUP_LIMIT = 1000000
+-- Most jobs one call hands to idle runners when a group gets room (a limit raised by thousands):
+-- the rest go out with the next `ready`s and group events.
+local MAX_GROUP_FILL = 1000
+
+-- The group's limit: its own, else the namespace default, else nil (unlimited).
+local function group_limit(ns, g)
+  local own = redis.call('HGET', group_key(ns, g), 'limit')
+  if own then return tonumber(own) end
+  local default = tonumber(redis.call('HGET', key(ns, 'config'), 'group_default_limit'))
+  if default and default > 0 then return default end
+  return nil
+end
+
+local function group_refusal(g)
+  if not g or #g == 0 or #g > 128 or not string.match(g, NAME_PATTERN) then
+    return 'invalid group: 1-128 characters of letters, digits and . _ @ + -'
+  end
+  return nil
+end
+
+local function group_has_room(ns, g)
+  local limit = group_limit(ns, g)
+  return limit == nil or redis.call('SCARD', group_inflight_key(ns, g)) < limit
+end
+
+-- The head of the group's queue of `spec` in pending:<spec> when `room`, else out of it.
+local function group_show(ns, g, spec, room)
+  local head = redis.call('ZRANGE', group_pending_key(ns, g, spec), 0, 0, 'WITHSCORES')
+  if #head == 0 then redis.call('SREM', group_specs_key(ns, g), spec) end
+  local want = (room and #head > 0) and head[1] or nil
+  local hk = group_heads_key(ns, g)
+  local shown = redis.call('HGET', hk, spec) or nil
+  if shown == want then return end
+  if shown then redis.call('ZREM', pending_key(ns, spec), shown) end
+  if want then
+    redis.call('ZADD', pending_key(ns, spec), head[2], want)
+    redis.call('HSET', hk, spec, want)
+  else
+    redis.call('HDEL', hk, spec)
+  end
+end
+
+-- Every head of the group in or out of the pending sets, as its room says. Returns the room.
+local function group_show_all(ns, g)
+  local room = group_has_room(ns, g)
+  for _, spec in ipairs(redis.call('SMEMBERS', group_specs_key(ns, g))) do
+    group_show(ns, g, spec, room)
+  end
+  return room
+end
+
+-- Job `id` was just claimed: it takes a slot of its group and leaves the group's queue (and the
+-- pending set, where it stood for the group); a group now full hides its other heads.
+local function group_claim(ns, id)
+  local j = redis.call('HMGET', job_key(ns, id), 'group', 'spec', 'qmember')
+  if not j[1] or j[1] == '' then return end
+  local g = j[1]
+  redis.call('SADD', group_inflight_key(ns, g), id)
+  redis.call('ZREM', group_pending_key(ns, g, j[2]), j[3])
+  if redis.call('HGET', group_heads_key(ns, g), j[2]) == j[3] then
+    redis.call('HDEL', group_heads_key(ns, g), j[2])
+    redis.call('ZREM', pending_key(ns, j[2]), j[3])
+  end
+  group_show_all(ns, g)
+end
+
+local group_fill  -- (defined below pick_idle_runner, which it uses)
+
 -- Assign job `id` to runner `name` as a new attempt. Returns the new attempt number.
 local function assign(ns, id, name, now, cfg)
   local jk = job_key(ns, id)
@@ -205,6 +301,7 @@ local function assign(ns, id, name, now, cfg)
   redis.call('ZADD', leases_key(ns), deadline, id)
   unidle(ns, name)
   redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', tostring(attempt))
+  group_claim(ns, id)
   count(ns, 'dispatched')
   emit(ns, now, 'claimed', id, {attempt = attempt, runner = name})
   return attempt
@@ -229,10 +326,63 @@ local function pick_idle_runner(ns, spec, now)
   return nil
 end
 
+-- '<seq>:<job id>' -> job id
+local function qmember_id(member)
+  return string.sub(member, string.find(member, ':', 1, true) + 1)
+end
+
+-- The group has room (again): its heads go back into the pending sets and, while room lasts,
+-- to idle runners of their specs at once (an idle runner of a spec means nothing eligible of that
+-- spec was pending, so the group's head is the best job it can get). Returns how many went out.
+group_fill = function(ns, g, now, cfg)
+  local given = 0
+  for _, spec in ipairs(redis.call('SMEMBERS', group_specs_key(ns, g))) do
+    while given < MAX_GROUP_FILL and group_has_room(ns, g) do
+      local head = redis.call('ZRANGE', group_pending_key(ns, g, spec), 0, 0)
+      if #head == 0 then break end
+      local name, pod, conn = pick_idle_runner(ns, spec, now)
+      if not name then break end
+      local id = qmember_id(head[1])
+      assign(ns, id, name, now, cfg)  -- claims: the job leaves the group's queue
+      notify_offer(ns, pod, name, conn, id)
+      given = given + 1
+    end
+  end
+  group_show_all(ns, g)
+  return given
+end
+
+-- match_or_queue of a group job (`j`: its spec, priority, qmember, group): a re-queued job gives
+-- its slot back; the job joins its group's queue, and goes out at once when the group has room
+-- and a runner is idle.
+local function group_queue(ns, id, j, now, cfg)
+  local g, jk = j[4], job_key(ns, id)
+  redis.call('SREM', group_inflight_key(ns, g), id)
+  redis.call('HSET', jk, 'status', 'pending', 'runner', '', 'start_deadline', '',
+             'lease_deadline', '', 'started', '', 'claimed', '')
+  redis.call('ZADD', group_pending_key(ns, g, j[1]), -tonumber(j[2]), j[3])
+  redis.call('SADD', group_specs_key(ns, g), j[1])
+  group_fill(ns, g, now, cfg)
+  local after = redis.call('HMGET', jk, 'status', 'runner')
+  if after[1] == 'claimed' then return after[2] end
+  return nil
+end
+
+-- Job `id` left its group's slots or queue for good (final, or waiting for a delayed retry): its
+-- slot goes to the group's next pending job at once. Idempotent; nothing for a job without group.
+local function group_release(ns, id, now)
+  local j = redis.call('HMGET', job_key(ns, id), 'group', 'spec', 'qmember')
+  if not j[1] or j[1] == '' then return end
+  local freed = redis.call('SREM', group_inflight_key(ns, j[1]), id)
+  redis.call('ZREM', group_pending_key(ns, j[1], j[2]), j[3])  -- a pending job canceled
+  if freed == 1 then group_fill(ns, j[1], now, config(ns)) else group_show_all(ns, j[1]) end
+end
+
 -- A job is (again) ready to run: hand it to an idle runner at once, or queue it.
 local function match_or_queue(ns, id, now, cfg)
   local jk = job_key(ns, id)
-  local j = redis.call('HMGET', jk, 'spec', 'priority', 'qmember')
+  local j = redis.call('HMGET', jk, 'spec', 'priority', 'qmember', 'group')
+  if j[4] and j[4] ~= '' then return group_queue(ns, id, j, now, cfg) end
   local name, pod, conn = pick_idle_runner(ns, j[1], now)
   if name then
     assign(ns, id, name, now, cfg)
@@ -270,6 +420,143 @@ local function job_offer(ns, id)
 end
 
 -- ---------------------------------------------------------------------------------------------
+-- attempt history, retries by failure class, ephemeral runners (the outcome side)
+-- ---------------------------------------------------------------------------------------------
+
+-- The record's `history` field: a JSON list, one entry per ended attempt, oldest first, at most
+-- HISTORY_MAX entries (the oldest dropped past it) with at most HISTORY_ERROR_MAX bytes of error
+-- each, so the record stays small (max_attempts, retries and lost starts are all bounded anyway).
+local HISTORY_MAX = 100
+local HISTORY_ERROR_MAX = 512
+local MAX_RETRIES = 100
+local MAX_RETRY_DELAY_S = 24 * 3600
+
+-- Log how job `id`'s current attempt ended: status completed|failed|canceled|lost, times in ms.
+-- An entry for the same attempt is replaced (a `completed` that overrides a lease-expiry failure).
+local function log_attempt(ns, id, status, error, now, exit_code, retried)
+  local jk = job_key(ns, id)
+  local j = redis.call('HMGET', jk, 'attempt', 'runner', 'claimed', 'started', 'history')
+  local entry = {attempt = tonumber(j[1]), runner = j[2] or '', status = status,
+                 exit_code = tonumber(exit_code or nil), error = string.sub(error or '', 1, HISTORY_ERROR_MAX),
+                 claimed = tonumber(j[3]), started = tonumber(j[4]), finished = now,
+                 retried = retried or nil}
+  local history = {}
+  if j[5] and j[5] ~= '' then history = cjson.decode(j[5]) end
+  if #history > 0 and history[#history].attempt == entry.attempt then
+    history[#history] = entry
+  else
+    history[#history + 1] = entry
+  end
+  while #history > HISTORY_MAX do table.remove(history, 1) end
+  redis.call('HSET', jk, 'history', cjson.encode(history))
+end
+
+-- Whether a `failed` reported by the runner gets another attempt (retries left).
+local function retry_left(ns, id)
+  local r = redis.call('HMGET', job_key(ns, id), 'retries', 'retries_used')
+  return (tonumber(r[2]) or 0) < (tonumber(r[1]) or 0)
+end
+
+-- The runner reported `failed` and a retry is left: log the attempt, free the runner, and queue
+-- the job again, at once through `match_or_queue` (so matching rules apply as to any job) or,
+-- with a retry_delay, through the delayed set the tick empties (`release_due_retries`). Not a
+-- final outcome: nothing goes to the results outbox or the done channel.
+-- Returns the job's status afterwards.
+local function retry_job(ns, id, name, now, exit_code, error)
+  local jk = job_key(ns, id)
+  log_attempt(ns, id, 'failed', error, now, exit_code, true)
+  local used = redis.call('HINCRBY', jk, 'retries_used', 1)
+  local delay = math.floor((tonumber(redis.call('HGET', jk, 'retry_delay')) or 0) * 1000)
+  redis.call('ZREM', leases_key(ns), id)
+  free_runner(ns, name, id, now)
+  count(ns, 'retried')
+  emit(ns, now, 'retry', id, {attempt = redis.call('HGET', jk, 'attempt'), runner = name,
+                              retry = used, delay_ms = delay})
+  -- the outcome of that attempt lives on in the history; the record shows the next attempt
+  redis.call('HDEL', jk, 'exit_code', 'results', 'stdout', 'stderr', 'error', 'finished')
+  if delay <= 0 then
+    match_or_queue(ns, id, now, config(ns))
+    return redis.call('HGET', jk, 'status')
+  end
+  redis.call('HSET', jk, 'status', 'pending', 'runner', '', 'start_deadline', '',
+             'lease_deadline', '', 'started', '', 'claimed', '', 'retry_at', tostring(now + delay))
+  redis.call('ZADD', delayed_key(ns), now + delay, id)
+  group_release(ns, id, now)  -- (waiting for the retry holds no slot of its group)
+  return 'pending'
+end
+
+-- Delayed retries due by `now` go to matching, at most `max_moves` per call (bounded work; the
+-- next tick takes the rest). Compare-and-set: a job canceled meanwhile is skipped.
+local function release_due_retries(ns, now, max_moves)
+  local due = redis.call('ZRANGEBYSCORE', delayed_key(ns), '-inf', now, 'LIMIT', 0, max_moves)
+  if #due == 0 then return 0 end
+  local cfg = config(ns)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', delayed_key(ns), id)
+    local j = redis.call('HMGET', job_key(ns, id), 'status', 'retry_at')
+    if j[1] == 'pending' and j[2] and j[2] ~= '' then
+      redis.call('HDEL', job_key(ns, id), 'retry_at')
+      match_or_queue(ns, id, now, cfg)
+    end
+  end
+  return #due
+end
+
+-- A job waiting for its delayed retry leaves the delayed set (cancel).
+local function unschedule_retry(ns, id)
+  if redis.call('ZREM', delayed_key(ns), id) == 1 then redis.call('HDEL', job_key(ns, id), 'retry_at') end
+end
+
+-- An ephemeral runner's registration ends with its first attempt, in the call that ends it: the
+-- token is refused from then on (a reconnect gets 401). `ring`: tell its pod, which closes the
+-- connection with 4001; false from `finish`, whose pod closes it itself after the ack (so the
+-- runner gets its ack first). Returns true when the runner was removed.
+local function retire_if_ephemeral(ns, name, now, ring)
+  local rk = runner_key(ns, name)
+  local r = redis.call('HMGET', rk, 'ephemeral', 'pod')
+  if r[1] ~= '1' then return false end
+  unidle(ns, name)
+  redis.call('DEL', rk)
+  redis.call('SREM', key(ns, 'runners'), name)
+  if r[2] and r[2] ~= '' then
+    redis.call('SREM', pod_runners_key(ns, r[2]), name)
+    if ring then notify(ns, r[2], name) end
+  end
+  emit(ns, now, 'runner_retired', '', {runner = name})
+  return true
+end
+
+-- `submit`'s optional ARGV[8] retries (integer 0..MAX_RETRIES, '' or absent = 0) and ARGV[9]
+-- retry_delay (seconds 0..MAX_RETRY_DELAY_S): the two as stored texts, or nil and the error.
+local function retry_options(retries_arg, delay_arg)
+  local retries = tonumber((retries_arg ~= '' and retries_arg) or '0')
+  local delay = tonumber((delay_arg ~= '' and delay_arg) or '0')
+  if not retries or retries < 0 or retries > MAX_RETRIES or retries ~= math.floor(retries) then
+    return nil, 'invalid retries: must be an integer from 0 to ' .. MAX_RETRIES
+  end
+  if not delay or delay < 0 or delay > MAX_RETRY_DELAY_S or delay ~= delay then
+    return nil, 'invalid retry_delay: must be a number of seconds from 0 to ' .. MAX_RETRY_DELAY_S
+  end
+  return {string.format('%d', retries), tostring(delay)}
+end
+
+-- Whether an existing job's retry options are `opts` (an idempotent submit); records written
+-- before retries existed have none, which means 0 and 0.
+local function same_retry_options(ns, id, opts)
+  local have = redis.call('HMGET', job_key(ns, id), 'retries', 'retry_delay')
+  return (have[1] or '0') == opts[1] and (have[2] or '0') == opts[2]
+end
+
+-- `finalize`'s part: the attempt in flight ends (or a `completed` replaces the lease-expiry
+-- failure of the same attempt); a pending job that is canceled had no attempt running.
+local function log_final_attempt(ns, id, status, error, now, extra)
+  local prev = redis.call('HGET', job_key(ns, id), 'status')
+  if IN_FLIGHT[prev] or status == 'completed' then
+    log_attempt(ns, id, status, error, now, extra and extra.exit_code)
+  end
+end
+
+-- ---------------------------------------------------------------------------------------------
 -- ending attempts (reaper, rule 1, cancel)
 -- ---------------------------------------------------------------------------------------------
 
@@ -279,6 +566,7 @@ end
 -- due for the pump (now); the pump re-scores it while a batch holds it.
 local function finalize(ns, id, status, error, now, extra)
   local jk = job_key(ns, id)
+  log_final_attempt(ns, id, status, error, now, extra)
   local fields = extra or {}
   fields.status, fields.error, fields.finished = status, error or '', tostring(now)
   write_fields(jk, fields)
@@ -288,13 +576,14 @@ local function finalize(ns, id, status, error, now, extra)
   emit(ns, now, status, id, {attempt = attempt, error = error or ''})
   if status ~= 'completed' then publish_done(ns, id) end
   redis.call('ZADD', outbox_key(ns), now, id .. ':' .. attempt)
+  group_release(ns, id, now)
 end
 
 -- The attempt of job `j` (a load_job table) is lost: tell its runner's pod, free the runner.
 local function drop_attempt(ns, j, now)
   if j.runner and j.runner ~= '' then
     local pod = free_runner(ns, j.runner, j.id, now)
-    notify(ns, pod, j.runner)
+    if not retire_if_ephemeral(ns, j.runner, now, true) then notify(ns, pod, j.runner) end
   end
 end
 
@@ -307,6 +596,7 @@ local function expire_start(ns, j, now, cfg)
     finalize(ns, j.id, 'failed', 'not started', now)
     return 'failed'
   end
+  log_attempt(ns, j.id, 'lost', 'not started', now)
   match_or_queue(ns, j.id, now, cfg)
   return 'requeued'
 end
@@ -315,7 +605,10 @@ end
 local function expire_lease(ns, j, now, cfg)
   drop_attempt(ns, j, now)
   emit(ns, now, 'lease_expired', j.id, {attempt = j.attempt, runner = j.runner})
-  if tonumber(j.runs) < tonumber(j.max_attempts) then
+  -- max_attempts counts infrastructure failures only: attempts spent on retries are not counted
+  local retried = tonumber(redis.call('HGET', job_key(ns, j.id), 'retries_used')) or 0
+  if tonumber(j.runs) - retried < tonumber(j.max_attempts) then
+    log_attempt(ns, j.id, 'lost', 'lease expired', now)
     match_or_queue(ns, j.id, now, cfg)
     return 'requeued'
   end
@@ -326,6 +619,7 @@ end
 local function cancel_job(ns, j, reason, now)
   if j.status == 'pending' then
     redis.call('ZREM', pending_key(ns, j.spec), j.qmember)
+    unschedule_retry(ns, j.id)
   elseif IN_FLIGHT[j.status] then
     drop_attempt(ns, j, now)
   end
@@ -381,14 +675,19 @@ end
 
 --[[ dispatch_v3_submit
 ARGV: ns, job_id ('' = generate a UUID), spec, payload (JSON text), priority (integer),
-      timeout (seconds > 0), max_attempts (integer >= 1)
+      timeout (seconds > 0), max_attempts (integer >= 1, counts infrastructure failures),
+      then optionally retries (integer 0..100: how often a `failed` from the runner is queued
+      again; '' = 0) and retry_delay (seconds 0..86400 before such a retry; '' = 0), and group
+      ('' or absent: none; see "concurrency groups")
 Keys: job (when the id is given), seq, specs, pending:<spec>, idle:<spec>, leases, config, stats,
-      events; found at run time: the runner picked and its pod's inbox/bell, pods.
+      events, and with a group: groups, group:<g>, its inflight, specs, heads and pending:<spec>;
+      found at run time: the runner picked and its pod's inbox/bell, pods.
 Reply: the job id (plain string). Errors on invalid input, changing nothing.
 Invariant: the job is either in its spec's pending set or claimed by exactly one idle runner on a
 live pod, decided in this one call. Idempotent for a given id: the same id with the same spec,
-payload, priority, timeout and max_attempts returns the existing job and changes nothing (a
-producer may retry a submit whose reply it lost); other content under that id is an error.
+payload, priority, timeout, max_attempts, retries and retry_delay returns the existing job and
+changes nothing (a producer may retry a submit whose reply it lost); other content under that id
+is an error.
 ]]
 local function submit(keys, args)
   local ns, id, spec, payload = args[1], args[2], args[3], args[4]
@@ -408,6 +707,10 @@ local function submit(keys, args)
   if not max_attempts or max_attempts < 1 or max_attempts > 100 or max_attempts ~= math.floor(max_attempts) then
     return fail('invalid max_attempts: must be an integer from 1 to 100')
   end
+  local retry_opts, bad_retry = retry_options(args[8] or '', args[9] or '')
+  if not retry_opts then return fail(bad_retry) end
+  local group = args[10] or ''
+  if group ~= '' and group_refusal(group) then return fail(group_refusal(group)) end
   local priority_text = string.format('%d', priority)
   if id and id ~= '' then
     if not string.match(id, UUID_PATTERN) then return fail('invalid job id: must be a UUID') end
@@ -417,7 +720,9 @@ local function submit(keys, args)
                             'max_attempts')
     if have[1] then
       if have[1] == spec and have[2] == payload and have[3] == priority_text
-         and have[4] == tostring(timeout) and have[5] == tostring(max_attempts) then
+         and have[4] == tostring(timeout) and have[5] == tostring(max_attempts)
+         and same_retry_options(ns, id, retry_opts)
+         and (redis.call('HGET', job_key(ns, id), 'group') or '') == group then
         return id
       end
       return fail('job ' .. id .. ' already exists with different content')
@@ -431,7 +736,9 @@ local function submit(keys, args)
              'timeout', tostring(timeout), 'max_attempts', tostring(max_attempts), 'attempt', '0',
              'status', 'pending', 'runner', '', 'created', tostring(now),
              'qmember', string.format('%016d', seq) .. ':' .. id, 'lost_starts', '0', 'runs', '0')
+  redis.call('HSET', jk, 'retries', retry_opts[1], 'retry_delay', retry_opts[2], 'retries_used', '0')
   redis.call('SADD', key(ns, 'specs'), spec)
+  if group ~= '' then redis.call('HSET', jk, 'group', group); redis.call('SADD', groups_key(ns), group) end
   count(ns, 'submitted')
   emit(ns, now, 'submitted', id, {spec = spec, priority = string.format('%d', priority)})
   match_or_queue(ns, id, now, config(ns))
@@ -461,7 +768,8 @@ end
 -- ---------------------------------------------------------------------------------------------
 
 --[[ dispatch_v3_runner_add
-ARGV: ns, name, token_sha256_hex, specs (JSON list of spec strings)
+ARGV: ns, name, token_sha256_hex, specs (JSON list of spec strings), optionally ephemeral ('1':
+      the registration is removed by the call that ends the runner's first attempt)
 Keys: runner:<name>, runners, specs, events
 Reply: 1. Error when the name exists or a spec is invalid.
 ]]
@@ -483,6 +791,7 @@ local function runner_add(keys, args)
   redis.call('HSET', rk, 'name', name, 'token_hash', token_hash, 'specs', specs_json,
              'state', 'offline', 'pod', '', 'conn', '0', 'job', '', 'attempt', '', 'polling', '0',
              'created', tostring(now), 'last_seen', '', 'idle_since', tostring(now))
+  if args[5] == '1' then redis.call('HSET', rk, 'ephemeral', '1') end  -- see retire_if_ephemeral
   redis.call('SADD', key(ns, 'runners'), name)
   for _, spec in ipairs(specs) do redis.call('SADD', key(ns, 'specs'), spec) end
   emit(ns, now, 'runner_added', '', {runner = name})
@@ -565,6 +874,20 @@ local function current_conn(ns, name, conn)
   return redis.call('HGET', runner_key(ns, name), 'conn') == conn
 end
 
+-- ---------------------------------------------------------------------------------------------
+-- pause (runner_pause below; `ready` parks a paused runner)
+-- ---------------------------------------------------------------------------------------------
+
+-- A paused runner's `ready` gets nothing. In mode 'wait' its poll stays open on its pod, marked
+-- `polling` but in no idle set (no match can find it), so `runner_pause` can hand it work the
+-- moment it is resumed. Returns the reply, or nil when the runner is not paused.
+local function park_if_paused(rk, mode)
+  if redis.call('HGET', rk, 'paused') ~= '1' then return nil end
+  if mode == 'try' then return cjson.encode({result = 'none'}) end
+  redis.call('HSET', rk, 'polling', '1')
+  return cjson.encode({result = 'idle'})
+end
+
 --[[ dispatch_v3_ready
 ARGV: ns, runner, conn, info (JSON object or ''), mode ('wait' by default, or 'try')
 Keys: runner:<runner>, leases, config, outbox, stats, events; found at run time: pending:<spec> and
@@ -574,6 +897,7 @@ Reply: {"result": "job", ...offer} | {"result": "idle"} | {"result": "none"} (mo
 Invariant: the runner either gets the best pending job over its specs (priority, then age) or, in
 mode 'wait', enters every idle set of its specs, never both. Mode 'try' (the polling baseline,
 DISPATCHER_WAKE=poll) never enters the idle sets: the pod asks again after its poll interval.
+A paused runner gets nothing and enters no idle set (`park_if_paused`).
 ]]
 local function ready(keys, args)
   local ns, name, conn, info, mode = args[1], args[2], args[3], args[4], args[5]
@@ -583,6 +907,8 @@ local function ready(keys, args)
   end_orphaned_attempt(ns, name, now, cfg)
   if info and info ~= '' then redis.call('HSET', rk, 'info', info) end
   redis.call('HSET', rk, 'state', 'idle', 'last_seen', tostring(now))
+  local parked = park_if_paused(rk, mode)
+  if parked then return parked end
   local specs = runner_specs(ns, name)
   local id = best_pending(ns, specs)
   if id then
@@ -733,12 +1059,20 @@ end
 ARGV: ns, runner, job, attempt, status (completed|failed|canceled), then four optional values
       exit_code, results (JSON text), stdout, stderr, each '' when absent or '=' + the value,
       then error (text).
-Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats; publishes on done.
+Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats, delayed, runners;
+      found at run time: what re-queuing a retried job touches (pending/idle sets, the runner
+      picked and its pod's inbox/bell), the ephemeral runner's idle sets and pod:<pod>:runners;
+      publishes on done.
 Reply: {"result": "recorded"|"duplicate"|"stale"|"unknown", "status": current status,
-        "override": true when a `completed` replaced a lease-expiry failure of the same attempt}.
+        "override": true when a `completed` replaced a lease-expiry failure of the same attempt,
+        "retry": true when a `failed` was not final (a retry was left: the job is queued again),
+        "retired": true when the runner was ephemeral and is now removed (the pod acknowledges,
+        then closes the connection with 4001)}.
 Invariant: the first terminal state of an attempt wins (fenced by job + attempt + runner), except
 that `completed` replaces a `failed` the server recorded only because the lease expired; the
-runner is freed; the lease is dropped; a recorded outcome is in the results outbox when this
+runner is freed; the lease is dropped; the attempt's outcome is in the record's history; a
+`failed` with retries left (retries_used < retries) goes back to matching, at once or after
+retry_delay, and is no result; any other recorded outcome is in the results outbox when this
 returns (PROTOCOL rule 4: the pod acknowledges right after this call, nothing else is needed).
 ]]
 local function finish(keys, args)
@@ -755,9 +1089,15 @@ local function finish(keys, args)
     local value = args[5 + i]
     extra[field] = value ~= '' and string.sub(value, 2) or false
   end
+  if status == 'failed' and not override and retry_left(ns, id) then  -- the command failed
+    local after = retry_job(ns, id, name, now, extra.exit_code, args[10])
+    return cjson.encode({result = 'recorded', status = after, retry = true,
+                         retired = retire_if_ephemeral(ns, name, now, false)})
+  end
   finalize(ns, id, status, status == 'completed' and '' or args[10], now, extra)
   free_runner(ns, name, id, now)
-  return cjson.encode({result = 'recorded', status = status, override = override})
+  return cjson.encode({result = 'recorded', status = status, override = override,
+                       retired = retire_if_ephemeral(ns, name, now, false)})
 end
 
 -- '<job>:<attempt>' -> job id, attempt (text)
@@ -833,25 +1173,78 @@ local function pump(keys, args)
   return cjson.encode(out)
 end
 
+-- ---------------------------------------------------------------------------------------------
+-- usage metering (part of dispatch_v3_record)
+-- ---------------------------------------------------------------------------------------------
+
+-- The UTC civil date of a time in ms since the epoch, as 'YYYY-MM-DD', and the ms that day began
+-- (days-to-civil arithmetic from H. Hinnant's "chrono-Compatible Low-Level Date Algorithms";
+-- Redis's Lua has no os.date).
+local function utc_day(ms)
+  local days = math.floor(ms / 86400000)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02d', y, m, d), days * 86400000
+end
+
+-- Add a final job's running time (finished - started of its final attempt; 0 when that attempt
+-- never started) to the usage hash of the UTC day it finished, under its spec, group and runner
+-- ('' when none), and count the job there once. The record's `metered_ms` keeps what was added:
+-- a later record of the same job (a `completed` that replaced a lease-expiry failure of the same
+-- attempt) adds only the difference and no second job. The day's hash lives `retention_days`
+-- after the day ends (0 = kept).
+local function meter_usage(ns, jk, retention_days)
+  local j = redis.call('HMGET', jk, 'spec', 'group', 'runner', 'started', 'finished', 'metered_ms')
+  local finished, started, before = tonumber(j[5]) or now_ms(), tonumber(j[4]), tonumber(j[6])
+  local ms = started and math.max(0, finished - started) or 0
+  if before == ms then return end
+  redis.call('HSET', jk, 'metered_ms', string.format('%d', ms))
+  local day, day_start = utc_day(finished)
+  local uk = usage_key(ns, day)
+  for _, by in ipairs({{'spec', j[1]}, {'group', j[2]}, {'runner', j[3]}}) do
+    local name = by[1] .. ':' .. (by[2] or '')
+    redis.call('HINCRBY', uk, 'ms:' .. name, ms - (before or 0))
+    if not before then redis.call('HINCRBY', uk, 'jobs:' .. name, 1) end
+  end
+  if retention_days > 0 then
+    redis.call('EXPIREAT', uk, math.floor(day_start / 1000) + (retention_days + 1) * 86400)
+  end
+end
+
 --[[ dispatch_v3_record
 ARGV: ns, retention_s (0 = keep records), sinks (JSON list of sink names, [] for none),
-      then one or more entries '<job>:<attempt>' from the results outbox
-Keys: outbox, job:<id> of each entry, stats, events, sinks, sinkbox:<sink> of each sink named;
-      publishes on done.
+      usage_retention_days (0 = keep usage), then one or more entries '<job>:<attempt>' from the
+      results outbox
+Keys: outbox, job:<id> of each entry, stats, events, sinks, sinkbox:<sink> of each sink named,
+      usage:<day> of the UTC days around the caller's clock (yesterday, today, tomorrow: where a
+      job that finished moments ago is metered; an entry recorded days late meters into its own
+      finish day's hash, found at run time); publishes on done.
 Reply: JSON list, per entry in order: [status after the call ('' = no such job), changed (bool)]
 Invariant: compare-and-set per entry, so a batch run twice (a re-pumped batch, rq retrying a task)
 changes nothing the second time: completed -> processed for that attempt (event, counter, done
 notice); a failed/canceled attempt gets exactly one `recorded` event; a record that just became
 final gets its retention TTL and is appended to every sink's box (same call, so no sink misses an
-outcome); the entry leaves the outbox.
+outcome) and its running time metered once per job (meter_usage); the entry leaves the outbox.
 ]]
 local function record(keys, args)
   local ns, retention = args[1], tonumber(args[2]) or 0
   local ok, sinks = pcall(cjson.decode, args[3] or '[]')
   if not ok or type(sinks) ~= 'table' then return fail('invalid sinks: a JSON list of names') end
+  local usage_days = tonumber(args[4])
+  if not usage_days or usage_days < 0 or usage_days ~= math.floor(usage_days) then
+    return fail('invalid usage retention: whole days >= 0')
+  end
   local now = now_ms()
   local out = {}
-  for i = 4, #args do
+  for i = 5, #args do
     local entry = args[i]
     local id, attempt = split_entry(entry)
     local jk = job_key(ns, id)
@@ -870,7 +1263,9 @@ local function record(keys, args)
         emit(ns, now, 'recorded', id, {attempt = attempt, status = status})
       end
       if changed then
+        meter_usage(ns, jk, usage_days)
         if retention > 0 then redis.call('EXPIRE', jk, retention) end
+        if retention > 0 then redis.call('EXPIRE', log_key(ns, id), retention) end
         for _, sink in ipairs(sinks) do
           redis.call('ZADD', sinkbox_key(ns, sink), now, entry)
           redis.call('SADD', sinks_key(ns), sink)
@@ -889,12 +1284,14 @@ Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined"
         "backlog": number of outbox and sink box entries due for the pump}
 "rejoined" is true when the pod was absent or past its deadline: its runners may have been
 detached by another pod's tick, so the pod must close their sockets (they reconnect).
-Keys: pods, pod:<pod>:runners, pod:<pod>:inbox, leases, config, outbox, sinks, stats, events;
-      found at run time: the jobs and runners the due leases name and what reaping them touches,
-      dead pods' runners/inbox, sinkbox:<sink> (counted only).
+Keys: pods, pod:<pod>:runners, pod:<pod>:inbox, leases, config, outbox, sinks, stats, events,
+      delayed; found at run time: the jobs and runners the due leases name and what reaping them
+      touches, dead pods' runners/inbox, sinkbox:<sink> (counted only), the jobs of due delayed
+      retries and what matching them touches.
 Invariant: renews this pod's presence; a pod past its deadline loses its runners (idle ones go
 offline; jobs in flight keep their leases); due leases are reaped by compare-and-set, so any number
-of pods may tick at once without a leader.
+of pods may tick at once without a leader; delayed retries that are due (at most max_reap) go to
+matching.
 ]]
 -- Dead pods lose their runners, at most MAX_RUNNERS_REAPED runners per call (a pod may have held
 -- thousands): a pod leaves the pod set only once its runner set is empty, so the next tick goes on.
@@ -947,6 +1344,7 @@ local function tick(keys, args)
       end
     end
   end
+  release_due_retries(ns, now, max_reap)
   -- (an empty Lua table encodes as {}; callers treat an empty object as an empty list)
   return cjson.encode({inbox = redis.call('SMEMBERS', pod_inbox_key(ns, pod)), reaped = reaped,
                        rejoined = rejoined, backlog = due_backlog(ns, now)})
@@ -999,6 +1397,189 @@ local function runner_rotate(keys, args)
   return closed
 end
 
+-- ---------------------------------------------------------------------------------------------
+-- live logs (protocol 1.1 `log`)
+-- ---------------------------------------------------------------------------------------------
+
+--[[ dispatch_v3_log_append
+ARGV: ns, runner, job, attempt, seq (decimal text, >= 0, no leading zero), stream (stdout|stderr),
+      data (at most LOG_DATA_MAX bytes), max_bytes (what the job's log may hold)
+Keys: runner:<runner>, job:<job>, log:<job>
+Reply: "stored"; "repeat" (seq not above the last one of this attempt: a resend); "dropped" (past
+       max_bytes, counted in the note); "stale" (not this runner's current attempt, or the job is
+       not claimed/running); "unknown" (no such job). Bad arguments are an error.
+Invariant: fenced like heartbeat (PROTOCOL rule 9) but the lease is untouched: only the runner
+holding the job's current attempt, while claimed or running, appends; each attempt's chunks are
+stored once and in seq order; data plus LOG_ENTRY_COST per chunk stays within max_bytes over
+all attempts, and a log that dropped anything ends with one `note` entry counting what was
+dropped (moved to the end as more is dropped). The job hash keeps the bookkeeping (log_attempt,
+log_seq, log_bytes, log_dropped, log_dropped_chunks, log_note), so it expires with the record.
+]]
+local LOG_DATA_MAX = 65536
+local LOG_ENTRY_COST = 64  -- what a stream entry costs besides its data, roughly
+local LOG_FIELDS = {'status', 'runner', 'attempt', 'log_attempt', 'log_seq', 'log_bytes',
+                    'log_dropped', 'log_dropped_chunks', 'log_note'}
+
+-- decimal texts without leading zeros, of any length (a seq may exceed a Lua number's precision)
+local function seq_above(a, b)
+  if not b or b == '' then return true end
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+
+local function log_refusal(seq, stream, data, max_bytes)
+  if not seq or not (seq == '0' or string.match(seq, '^[1-9]%d*$')) then
+    return 'invalid seq: a whole number >= 0'
+  end
+  if stream ~= 'stdout' and stream ~= 'stderr' then return 'invalid stream: stdout or stderr' end
+  if not data or #data > LOG_DATA_MAX then return 'invalid data: at most 65536 bytes' end
+  if not max_bytes or max_bytes < 0 then return 'invalid max_bytes: a number >= 0' end
+  return nil
+end
+
+-- a chunk past the limit: count it, and move the note to the end of the log
+local function log_drop(ns, id, l, attempt, seq, size, max_bytes)
+  local lk, jk = log_key(ns, id), job_key(ns, id)
+  local bytes, chunks = (tonumber(l[7]) or 0) + size, (tonumber(l[8]) or 0) + 1
+  if l[9] then redis.call('XDEL', lk, l[9]) end
+  local text = string.format('[dispatcher: %d bytes in %d chunks dropped: the log is limited to '
+                             .. '%d bytes]\n', bytes, chunks, max_bytes)
+  local note = redis.call('XADD', lk, '*', 'attempt', attempt, 'seq', seq, 'stream', 'note',
+                          'data', text)
+  redis.call('HSET', jk, 'log_attempt', attempt, 'log_seq', seq, 'log_dropped', tostring(bytes),
+             'log_dropped_chunks', tostring(chunks), 'log_note', note)
+  return 'dropped'
+end
+
+local function log_append(keys, args)
+  local ns, name, id, attempt, seq, stream = args[1], args[2], args[3], args[4], args[5], args[6]
+  local data, max_bytes = args[7], tonumber(args[8])
+  local refused = log_refusal(seq, stream, data, max_bytes)
+  if refused then return fail(refused) end
+  if redis.call('EXISTS', runner_key(ns, name)) == 0 then return 'stale' end  -- revoked
+  local l = redis.call('HMGET', job_key(ns, id), unpack(LOG_FIELDS))
+  if not l[1] then return 'unknown' end
+  if l[2] ~= name or l[3] ~= attempt or not IN_FLIGHT[l[1]] then return 'stale' end
+  if l[4] == attempt and not seq_above(seq, l[5]) then return 'repeat' end
+  local used, cost = tonumber(l[6]) or 0, #data + LOG_ENTRY_COST
+  if used + cost > max_bytes then return log_drop(ns, id, l, attempt, seq, #data, max_bytes) end
+  redis.call('XADD', log_key(ns, id), '*', 'attempt', attempt, 'seq', seq, 'stream', stream,
+             'data', data)
+  redis.call('HSET', job_key(ns, id), 'log_attempt', attempt, 'log_seq', seq,
+             'log_bytes', tostring(used + cost))
+  return 'stored'
+end
+
+--[[ dispatch_v3_log_read
+ARGV: ns, job, after (a stream id; '0' = from the start), count (most entries returned, 1..10000)
+Keys: job:<job>, log:<job>
+Reply: {"status": the job's status ('' = no such job), "entries": [[id, attempt, seq, stream,
+        data]...]} (entries an empty object when none), oldest first, after `after`.
+Invariant: entries and status are read at one moment: once the status is final, no entry is ever
+added after the ones returned (appends need a claimed or running attempt), so a reader that
+got a final status and fewer than `count` entries has the whole log.
+]]
+local function log_read(keys, args)
+  local ns, id, after, n = args[1], args[2], args[3], tonumber(args[4])
+  if not n or n < 1 or n > 10000 then return fail('invalid count: 1..10000') end
+  if not after or not string.match(after, '^%d+%-?%d*$') then
+    return fail('invalid after: a stream id')
+  end
+  local status = redis.call('HGET', job_key(ns, id), 'status') or ''
+  local entries = {}
+  for _, e in ipairs(redis.call('XRANGE', log_key(ns, id), '(' .. after, '+', 'COUNT', n)) do
+    local f = {}
+    for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+    entries[#entries + 1] = {e[1], f.attempt, f.seq, f.stream, f.data}
+  end
+  return cjson.encode({status = status, entries = entries})
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- concurrency groups and pause (operator functions)
+-- ---------------------------------------------------------------------------------------------
+
+--[[ dispatch_v3_group_set
+ARGV: ns, group, limit (integer 0..1000000; '' = no limit of its own: the namespace default,
+      config `group_default_limit`, else unlimited)
+Keys: groups, group:<g>, group:<g>:inflight, group:<g>:specs, group:<g>:heads, config, leases,
+      stats, events; found at run time: group:<g>:pending:<spec> and pending:<spec> of the
+      specs it waits on, the idle runners given its jobs and their pods' inbox/bell, pods.
+Reply: {"group", "limit" (null = unlimited), "inflight", "released": jobs handed to idle runners
+        by this call}. Error on a bad name or limit, changing nothing.
+Invariant: lowering a limit cancels nothing (jobs in flight finish; no new one goes out until
+the group is below it); raising it hands pending jobs to idle runners in this call (at most
+MAX_GROUP_FILL; the rest with the next `ready`s).
+]]
+local function group_set(keys, args)
+  local ns, g, limit_text = args[1], args[2], args[3] or ''
+  local bad = group_refusal(g)
+  if bad then return fail(bad) end
+  local limit = tonumber(limit_text)
+  if limit_text ~= '' and (not limit or limit < 0 or limit > MAX_GROUP_LIMIT
+                           or limit ~= math.floor(limit)) then
+    return fail('invalid limit: an integer from 0 to ' .. MAX_GROUP_LIMIT)
+  end
+  local now = now_ms()
+  redis.call('SADD', groups_key(ns), g)
+  if limit_text == '' then
+    redis.call('HDEL', group_key(ns, g), 'limit')
+  else
+    redis.call('HSET', group_key(ns, g), 'limit', string.format('%d', limit))
+  end
+  emit(ns, now, 'group_limit', '', {group = g, limit = limit_text})
+  local released = group_fill(ns, g, now, config(ns))
+  return cjson.encode({group = g, limit = group_limit(ns, g) or cjson.null, released = released,
+                       inflight = redis.call('SCARD', group_inflight_key(ns, g))})
+end
+
+-- Resume: a runner whose poll is open (parked) gets the best pending job now, or enters its
+-- idle sets. Returns the job id it got, or nil.
+local function unpark(ns, name, now)
+  local r = redis.call('HMGET', runner_key(ns, name), 'pod', 'polling', 'job', 'conn', 'idle_since')
+  if not pod_alive(ns, r[1], now) or r[2] ~= '1' or (r[3] and r[3] ~= '') then return nil end
+  local specs = runner_specs(ns, name)
+  local id = best_pending(ns, specs)
+  if id then
+    assign(ns, id, name, now, config(ns))
+    notify_offer(ns, r[1], name, r[4] or '0', id)
+    return id
+  end
+  for _, spec in ipairs(specs) do redis.call('ZADD', idle_key(ns, spec), r[5] or now, name) end
+  return nil
+end
+
+--[[ dispatch_v3_runner_pause
+ARGV: ns, name, paused ('1' = pause, '0' = resume)
+Keys: runner:<name>, config, leases, stats, events; found at run time: idle:<spec> and
+      pending:<spec> of its specs, the job it gets on resume, its pod's inbox/bell, pods.
+Reply: {"paused": bool, "changed": bool, "job": id given on resume or null}; error when unknown.
+Invariant: a paused runner is in no idle set and `ready` gives it nothing; it stays connected and
+keeps (and finishes) a job in flight. A pause takes a waiting runner (long poll or linger) out of
+the idle sets in this call, whichever pod holds it; a resume gives a waiting runner the best
+pending job in this call (its pod gets the offer on its bell) or puts it back in the idle sets.
+]]
+local function runner_pause(keys, args)
+  local ns, name, flag = args[1], args[2], args[3]
+  local rk = runner_key(ns, name)
+  if redis.call('EXISTS', rk) == 0 then return fail('no such runner: ' .. name) end
+  if flag ~= '1' and flag ~= '0' then return fail('invalid paused: 1 or 0') end
+  local now, on = now_ms(), flag == '1'
+  local changed = (redis.call('HGET', rk, 'paused') == '1') ~= on
+  local job = nil
+  if on then
+    redis.call('HSET', rk, 'paused', '1')
+    for _, spec in ipairs(runner_specs(ns, name)) do  -- (stays `polling`: its poll is open)
+      redis.call('ZREM', idle_key(ns, spec), name)
+    end
+  else
+    redis.call('HDEL', rk, 'paused')
+    job = unpark(ns, name, now)
+  end
+  if changed then emit(ns, now, on and 'runner_paused' or 'runner_resumed', '', {runner = name}) end
+  return cjson.encode({paused = on, changed = changed, job = job or cjson.null})
+end
+
 redis.register_function('dispatch_v3_submit', submit)
 redis.register_function('dispatch_v3_cancel', cancel)
 redis.register_function('dispatch_v3_runner_add', runner_add)
@@ -1016,3 +1597,7 @@ redis.register_function('dispatch_v3_record', record)
 redis.register_function('dispatch_v3_tick', tick)
 redis.register_function('dispatch_v3_pod_stop', pod_stop)
 redis.register_function('dispatch_v3_runner_rotate', runner_rotate)
+redis.register_function('dispatch_v3_log_append', log_append)
+redis.register_function('dispatch_v3_log_read', log_read)
+redis.register_function('dispatch_v3_group_set', group_set)
+redis.register_function('dispatch_v3_runner_pause', runner_pause)

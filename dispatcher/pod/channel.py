@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from dispatch_protocol import closecodes, messages
-from dispatcher import functions
+from dispatcher import functions, logs
 from dispatcher.errors import NotFound, ProtocolError
 from dispatcher.forwarded import UNKNOWN, client_address
 from dispatcher.pod.bells import Offer
@@ -263,6 +263,31 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
         pod.metrics.fenced_reply(_TERMINAL_EVENT[type(message)], reply["result"])
     sock.session.job_done(message.job, message.attempt)
     await sock.send(messages.Ack(job=message.job, of=_TERMINAL_EVENT[type(message)]))
+    if reply.get("retired"):  # an ephemeral runner's one attempt ended: its registration is gone
+        await sock.close(closecodes.REVOKED, "ephemeral runner: its job is done")
+
+
+async def on_log(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
+    """Store one chunk of live output (protocol 1.1, rules 9-10): fenced like `heartbeat`, never
+    answered, the lease untouched; a repeat, a foreign job's chunk or one past the job's limit
+    is dropped (Redis decides; over-long `data` was refused by the decoder with 1007)."""
+    assert isinstance(message, messages.Log)
+    if not sock.session.log():
+        pod.metrics.fenced_reply("log", "no_job")
+        return
+    call = logs.append(
+        pod.keys,
+        sock.runner,
+        message.job,
+        message.attempt,
+        message.seq,
+        message.stream,
+        message.data,
+        pod.settings.log_max_bytes,
+    )
+    result = await functions.run(pod.redis, call)
+    if result != "stored":
+        pod.metrics.fenced_reply("log", result)
 
 
 _TERMINAL_EVENT: dict[type, messages.AckOf] = {
@@ -312,4 +337,5 @@ HANDLERS = {
     messages.Completed: on_terminal,
     messages.Failed: on_terminal,
     messages.Canceled: on_terminal,
+    messages.Log: on_log,
 }

@@ -6,7 +6,8 @@ over the socket and four modules — and decides what the thin async layer (``po
 ``pod.channel``, ``pod.longpoll``) does next. It enforces PROTOCOL.md rules 2 and 7: one long poll
 or one job at a time per connection, and `ready` only when neither is open. `heartbeat` and
 terminal messages are allowed in every state and `running` in every state but an open poll; Redis
-fences them.
+fences them. `log` (protocol 1.1) is allowed in every state and never changes it (rule 9: never
+answered); ``log`` says whether it is worth a Redis call.
 
     IDLE --ready--> READYING --wait--> POLLING --send_job/no_job--> ...
     IDLE/POLLING/READYING --send_job--> IN_FLIGHT --job_done--> IDLE
@@ -51,6 +52,7 @@ class Event(enum.Enum):
     LINGER_END = "linger_end"  # no `ready` came in time: the runner left the idle sets
     RUNNING = "running"  # the runner (re-)attached to a job with `running`
     JOB_DONE = "job_done"  # the in-flight job ended (terminal recorded, or cancel pushed)
+    LOG = "log"  # the runner sent `log`: no state changes, nothing is answered
 
 
 S, E = State, Event
@@ -68,6 +70,12 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.IDLE, E.RUNNING): S.IN_FLIGHT,
     (S.IN_FLIGHT, E.RUNNING): S.IN_FLIGHT,
     (S.IN_FLIGHT, E.JOB_DONE): S.IDLE,
+    # `log` never moves the connection (PROTOCOL rule 9); Redis fences it in IDLE and IN_FLIGHT
+    (S.IDLE, E.LOG): S.IDLE,
+    (S.READYING, E.LOG): S.READYING,
+    (S.POLLING, E.LOG): S.POLLING,
+    (S.LINGERING, E.LOG): S.LINGERING,
+    (S.IN_FLIGHT, E.LOG): S.IN_FLIGHT,
 }
 
 # The missing pairs a runner's message causes: 1008 with this reason.
@@ -82,6 +90,11 @@ _RUNNER_FAULTS: dict[tuple[State, Event], str] = {
 # States in which the runner may sit in Redis's idle sets or hold an unsent job: a detach then
 # hands such a job back at once instead of waiting out its start deadline.
 RELEASE_ON_DETACH = frozenset({S.POLLING, S.LINGERING, S.READYING})
+
+# States in which a `log` may be for a job the runner still holds in Redis: IN_FLIGHT (claimed
+# counts, rule 10) and IDLE (reconnected mid-job, before it re-attaches with `running`). With a
+# poll open or lingering the runner holds none: its `ready` ended any attempt (rule 1).
+LOG_STORED_IN = frozenset({S.IDLE, S.IN_FLIGHT})
 
 
 class ReadyPlan(enum.Enum):
@@ -212,6 +225,12 @@ class Session:
             self.fire(E.JOB_DONE)
         if self.prior is not None and self.prior[0] == job:
             self.prior = None
+
+    def log(self) -> bool:
+        """The runner sent `log`: whether to store it (Redis fences it) or drop it silently
+        without a Redis call (rule 9). Never changes the state and is never answered."""
+        self.fire(E.LOG)
+        return self.state in LOG_STORED_IN
 
     def check_running(self) -> None:
         """`running` is refused (1008) while a poll is open; Redis fences it otherwise."""

@@ -11,6 +11,7 @@ import pytest
 from redis.crc import key_slot
 
 from dispatcher import functions as fn
+from dispatcher import logs
 from dispatcher.keys import LIBRARY_NAME, Keys
 
 JOB = "0b7f4a62-6f0e-4c59-9a8e-3c1d2e4f5a6b"
@@ -48,6 +49,8 @@ def calls(keys: Keys) -> dict[str, fn.Call[Any]]:
         ),
         "tick": fn.tick(keys, "pod-a", 3000),
         "pod_stop": fn.pod_stop(keys, "pod-a"),
+        "log_append": logs.append(keys, "r1", JOB, 1, 0, "stdout", "x", 1024),
+        "log_read": logs.read(keys, JOB),
     }
 
 

@@ -89,6 +89,11 @@ CASES: list[tuple[State, Event, State]] = [
     (State.IDLE, Event.RUNNING, State.IN_FLIGHT),
     (State.IN_FLIGHT, Event.RUNNING, State.IN_FLIGHT),
     (State.IN_FLIGHT, Event.JOB_DONE, State.IDLE),
+    (State.IDLE, Event.LOG, State.IDLE),
+    (State.READYING, Event.LOG, State.READYING),
+    (State.POLLING, Event.LOG, State.POLLING),
+    (State.LINGERING, Event.LOG, State.LINGERING),
+    (State.IN_FLIGHT, Event.LOG, State.IN_FLIGHT),
 ]
 
 
@@ -237,3 +242,24 @@ def test_detach_releases_only_where_a_job_may_be_unsent():
         State.LINGERING,
         State.READYING,
     }
+
+
+# -- `log` (protocol 1.1): never changes the state, stored only where a job may be held ---------
+
+
+@pytest.mark.parametrize(
+    ("state", "stored"),
+    [
+        (State.IDLE, True),  # reconnected mid-job, before `running`: Redis fences it
+        (State.IN_FLIGHT, True),  # claimed or running (rule 10: before `running` is accepted)
+        (State.READYING, False),
+        (State.POLLING, False),
+        (State.LINGERING, False),
+    ],
+)
+def test_a_log_keeps_the_state_and_is_stored_only_where_a_job_may_be_held(state, stored):
+    held = state is State.IN_FLIGHT
+    session = Session(state=state, job="j" if held else "", attempt=1 if held else 0)
+    before = dataclasses.replace(session)
+    assert session.log() is stored
+    assert session == before  # no flag, no poll number, no job changes
