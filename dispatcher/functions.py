@@ -17,7 +17,7 @@ and Redis Cluster lets a function touch undeclared keys of the slot it runs for.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Generic, TypeVar
@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import redis
 import redis.asyncio
 
+from dispatcher import usage
 from dispatcher.errors import InvalidInput, NotFound
 from dispatcher.keys import LIBRARY_NAME, Keys
 
@@ -162,11 +163,19 @@ def pump(
 
 
 def record(
-    keys: Keys, entries: list[str], retention_s: int, sinks: list[str]
+    keys: Keys,
+    entries: list[str],
+    retention_s: int,
+    sinks: list[str],
+    usage_retention_days: int = usage.DEFAULT_RETENTION_DAYS,
+    usage_days: Sequence[str] | None = None,
 ) -> Call[list[tuple[str, bool]]]:
     """Record a batch of outbox entries; per entry (status afterwards, whether this call changed
-    it)."""
+    it). ``usage_days``: the usage hashes to declare (default: ``usage.declared_days`` of today,
+    UTC, on this machine's clock)."""
     jobs = dict.fromkeys(keys.job(entry.rpartition(":")[0] or entry) for entry in entries)
+    if usage_days is None:
+        usage_days = usage.declared_days(usage.utc_today())
     declared = (
         keys.outbox,
         *jobs,
@@ -174,11 +183,12 @@ def record(
         keys.events,
         keys.sinks,
         *(keys.sinkbox(sink) for sink in sinks),
+        *(keys.usage(day) for day in usage_days),
     )
     return Call(
         _fn("record"),
         declared,
-        (keys.namespace, retention_s, json.dumps(sinks), *entries),
+        (keys.namespace, retention_s, json.dumps(sinks), usage_retention_days, *entries),
         _pairs,
     )
 

@@ -6,8 +6,8 @@ task.
 
 - ``process_batch``: one ``record`` function call for the whole batch (compare-and-set
   ``completed`` -> ``processed``, one ``recorded`` event per failed/canceled attempt, retention TTL,
-  done notices, entries handed to every sink's box, entries removed from the outbox). A batch run
-  twice changes nothing the second time.
+  usage metered once per job (``dispatcher.usage``), done notices, entries handed to every sink's
+  box, entries removed from the outbox). A batch run twice changes nothing the second time.
 - ``sink_batch``: the final records of a batch of sink box entries (one pipeline), written by the
   sink, then removed from the box. On failure the delivered part is removed, the rest stays hidden
   until rq's next retry; after the last try the batch ends in rq's failed registry (``rq requeue``
@@ -113,7 +113,13 @@ def _record(
 ) -> list[tuple[str, bool]]:
     """One ``record`` function call: per entry, the status afterwards and whether it changed."""
     ctx = ctx or context()
-    call = functions.record(Keys(namespace), entries, ctx.retention, ctx.sink_names)
+    call = functions.record(
+        Keys(namespace),
+        entries,
+        ctx.retention,
+        ctx.sink_names,
+        ctx.settings.usage_retention_days,
+    )
     return functions.run_sync(ctx.connection(connection), call)
 
 
