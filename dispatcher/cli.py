@@ -17,7 +17,16 @@ from typing import cast
 
 import redis
 
-from dispatcher import __version__, cli_human, cli_jobs, cli_ops, cli_runners, preflight, up
+from dispatcher import (
+    __version__,
+    cli_human,
+    cli_jobs,
+    cli_logs,
+    cli_ops,
+    cli_runners,
+    preflight,
+    up,
+)
 from dispatcher.cli_common import Parser, SubParsers, epilog
 from dispatcher.errors import DispatchError
 from dispatcher.settings import Settings
@@ -68,6 +77,7 @@ COMMANDS: tuple[Register, ...] = (
     up.register,
     cli_ops.register,  # dashboard, metrics-exporter (operators' read-only views)
     cli_human.register,  # top, events (terminal views; `status` tables live there too)
+    cli_logs.register,  # logs (a job's live output)
 )
 
 

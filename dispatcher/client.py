@@ -30,6 +30,8 @@ import redis.asyncio
 from dispatcher import functions, redisconn
 from dispatcher.errors import NotFound
 from dispatcher.keys import Keys
+from dispatcher.logs import LogChunk
+from dispatcher.logs_follow import read_log, read_log_async
 from dispatcher.lookup import jobs_plan, resolve_plan, run_plan, run_plan_async, runners_plan
 from dispatcher.records import FINAL_STATUSES, job_record, text
 from dispatcher.settings import Settings
@@ -211,6 +213,13 @@ class Client:
             return "0"
         entry_id = newest[0][0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def logs(self, job_id: str, *, follow: bool = False, after: str = "0") -> Iterator[LogChunk]:
+        """The job's live log (``dispatcher.logs.LogChunk``, oldest first, after stream id
+        ``after``); with ``follow``, chunks as they arrive until the job is final. ``NotFound``
+        for an unknown job."""
+        job_id = check_job_id(job_id)
+        return read_log(self._redis, self.keys, job_id, follow=follow, after=after)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of the namespace (see ``dispatcher.status``)."""
@@ -443,6 +452,13 @@ class AsyncClient:
                 cursor = event["id"]
                 if job_id is None or event.get("job") == job_id:
                     yield event
+
+    def logs(
+        self, job_id: str, *, follow: bool = False, after: str = "0"
+    ) -> AsyncIterator[LogChunk]:
+        """``async for chunk in client.logs(job_id, follow=True)``: as ``Client.logs``."""
+        job_id = check_job_id(job_id)
+        return read_log_async(self._redis, self.keys, job_id, follow=follow, after=after)
 
     async def status(self) -> dict[str, Any]:
         """A snapshot of the namespace (see ``dispatcher.status``)."""
