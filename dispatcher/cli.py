@@ -19,11 +19,13 @@ import redis
 
 from dispatcher import (
     __version__,
+    cli_groups,
     cli_human,
     cli_jobs,
     cli_logs,
     cli_ops,
     cli_runners,
+    cli_usage,
     preflight,
     up,
 )
@@ -78,6 +80,8 @@ COMMANDS: tuple[Register, ...] = (
     cli_ops.register,  # dashboard, metrics-exporter (operators' read-only views)
     cli_human.register,  # top, events (terminal views; `status` tables live there too)
     cli_logs.register,  # logs (a job's live output)
+    cli_usage.register,  # usage (runner-seconds and jobs per day)
+    cli_groups.register,  # group set/list (concurrency groups)
 )
 
 

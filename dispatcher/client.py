@@ -27,7 +27,7 @@ from typing import Any, Self
 import redis
 import redis.asyncio
 
-from dispatcher import functions, redisconn
+from dispatcher import functions, groups, redisconn
 from dispatcher.errors import NotFound
 from dispatcher.keys import Keys
 from dispatcher.logs import LogChunk
@@ -36,7 +36,9 @@ from dispatcher.lookup import jobs_plan, resolve_plan, run_plan, run_plan_async,
 from dispatcher.records import FINAL_STATUSES, job_record, text
 from dispatcher.settings import Settings
 from dispatcher.status import read_status, read_status_async
-from dispatcher.submission import check_job_id, job_request
+from dispatcher.submission import check_job_id, check_runner_specs, job_request
+from dispatcher.tokens import new_token, token_hash
+from dispatcher.usage import DateLike, UsageQuery, usage_plan
 from dispatcher.waiters import DoneWaiters
 
 # A submit that meets a connection error is sent again with the same job id after these delays
@@ -119,6 +121,9 @@ class Client:
         max_attempts: int = 1,
         job_id: str | None = None,
         check_payload: bool = False,
+        retries: int = 0,
+        retry_delay: float = 0,
+        group: str | None = None,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
 
@@ -127,6 +132,10 @@ class Client:
         makes after a connection error (Redis restarting) can never create the job twice.
         ``check_payload=True`` also refuses a payload the reference runner could not run (one of
         ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
+        ``max_attempts`` counts infrastructure failures (lease lost, runner gone); ``retries``
+        (default 0) how often an attempt the runner reports ``failed`` is queued again, each
+        after ``retry_delay`` seconds; ``wait`` returns only the final outcome. ``group``: its
+        concurrency group (at most the group's limit of its jobs claimed or running at once).
         """
         request = job_request(
             spec,
@@ -136,6 +145,9 @@ class Client:
             max_attempts=max_attempts,
             job_id=job_id,
             check_payload=check_payload,
+            retries=retries,
+            retry_delay=retry_delay,
+            group=group,
         )
         for delay in SUBMIT_RETRY_DELAYS:
             try:
@@ -231,6 +243,16 @@ class Client:
         matches when several do."""
         return str(run_plan(self._redis, resolve_plan(self.keys, job_id)))
 
+    def usage(
+        self, *, since: DateLike = None, until: DateLike = None, by: str = "spec"
+    ) -> dict[str, Any]:
+        """Runner-seconds and final jobs per UTC day, ``since`` to ``until`` (dates: a ``date``,
+        'YYYY-MM-DD', 'today', 'yesterday'; default the 30 days up to today), by spec, group or
+        runner: the report of ``dispatcher.usage.usage_report``. ``InvalidInput`` for a bad date,
+        since after until, or another ``by``; nothing is read then."""
+        query = UsageQuery.build(since, until, by)
+        return dict(run_plan(self._redis, usage_plan(self.keys, query)))
+
     def jobs(
         self,
         *,
@@ -247,6 +269,37 @@ class Client:
     def runners(self) -> list[dict[str, Any]]:
         """Every registered runner's record (name, specs, state, ...), sorted by name."""
         return list(run_plan(self._redis, runners_plan(self.keys)))
+
+    def set_group_limit(self, group: str, limit: int | None) -> dict[str, Any]:
+        """Limit ``group`` to ``limit`` jobs claimed or running at once (``None``: no limit of its
+        own). Lowering cancels nothing; raising hands waiting jobs to idle runners at once.
+        Returns ``{"group", "limit", "inflight", "released"}``."""
+        return functions.run_sync(self._redis, groups.set_limit_call(self.keys, group, limit))
+
+    def groups(self) -> list[dict[str, Any]]:
+        """Every group: ``limit`` (None = unlimited), ``inflight``, ``pending``, by name."""
+        return groups.list_groups(self._redis, self.keys)
+
+    def pause_runner(self, name: str) -> dict[str, Any]:
+        """Offer runner ``name`` nothing until resumed (it keeps its connection and its job)."""
+        return functions.run_sync(self._redis, functions.runner_pause(self.keys, name, True))
+
+    def resume_runner(self, name: str) -> dict[str, Any]:
+        """Resume runner ``name``; a waiting runner gets pending work at once (``job``)."""
+        return functions.run_sync(self._redis, functions.runner_pause(self.keys, name, False))
+
+    def add_runner(self, name: str, specs: list[str], *, ephemeral: bool = False) -> str:
+        """Register runner ``name`` for ``specs``; return its token (Redis keeps only its hash).
+
+        ``ephemeral=True``: the registration is removed by the call that ends the runner's first
+        attempt (its token is refused from then on), for autoscalers that start one VM or pod
+        per job. ``InvalidInput`` for a bad name or spec, or a name that exists already."""
+        token = new_token()
+        call = functions.runner_add(
+            self.keys, name, token_hash(token), check_runner_specs(name, specs), ephemeral=ephemeral
+        )
+        functions.run_sync(self._redis, call)
+        return token
 
     def close(self) -> None:
         if self._owned:
@@ -376,6 +429,9 @@ class AsyncClient:
         max_attempts: int = 1,
         job_id: str | None = None,
         check_payload: bool = False,
+        retries: int = 0,
+        retry_delay: float = 0,
+        group: str | None = None,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
 
@@ -384,6 +440,10 @@ class AsyncClient:
         makes after a connection error (Redis restarting) can never create the job twice.
         ``check_payload=True`` also refuses a payload the reference runner could not run (one of
         ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
+        ``max_attempts`` counts infrastructure failures (lease lost, runner gone); ``retries``
+        (default 0) how often an attempt the runner reports ``failed`` is queued again, each
+        after ``retry_delay`` seconds; ``wait`` returns only the final outcome. ``group``: its
+        concurrency group (at most the group's limit of its jobs claimed or running at once).
         """
         request = job_request(
             spec,
@@ -393,6 +453,9 @@ class AsyncClient:
             max_attempts=max_attempts,
             job_id=job_id,
             check_payload=check_payload,
+            retries=retries,
+            retry_delay=retry_delay,
+            group=group,
         )
         for delay in SUBMIT_RETRY_DELAYS:
             try:
@@ -468,6 +531,14 @@ class AsyncClient:
         """The whole id of the one job whose id starts with ``job_id`` (see ``Client.resolve``)."""
         return str(await run_plan_async(self._redis, resolve_plan(self.keys, job_id)))
 
+    async def usage(
+        self, *, since: DateLike = None, until: DateLike = None, by: str = "spec"
+    ) -> dict[str, Any]:
+        """Runner-seconds and final jobs per UTC day, by spec, group or runner (see
+        ``Client.usage``)."""
+        query = UsageQuery.build(since, until, by)
+        return dict(await run_plan_async(self._redis, usage_plan(self.keys, query)))
+
     async def jobs(
         self,
         *,
@@ -483,6 +554,31 @@ class AsyncClient:
     async def runners(self) -> list[dict[str, Any]]:
         """Every registered runner's record, sorted by name."""
         return list(await run_plan_async(self._redis, runners_plan(self.keys)))
+
+    async def set_group_limit(self, group: str, limit: int | None) -> dict[str, Any]:
+        """As ``Client.set_group_limit``."""
+        return await functions.run(self._redis, groups.set_limit_call(self.keys, group, limit))
+
+    async def groups(self) -> list[dict[str, Any]]:
+        """As ``Client.groups``."""
+        return await groups.list_groups_async(self._redis, self.keys)
+
+    async def pause_runner(self, name: str) -> dict[str, Any]:
+        """As ``Client.pause_runner``."""
+        return await functions.run(self._redis, functions.runner_pause(self.keys, name, True))
+
+    async def resume_runner(self, name: str) -> dict[str, Any]:
+        """As ``Client.resume_runner``."""
+        return await functions.run(self._redis, functions.runner_pause(self.keys, name, False))
+
+    async def add_runner(self, name: str, specs: list[str], *, ephemeral: bool = False) -> str:
+        """Register runner ``name`` for ``specs``; return its token (see ``Client.add_runner``)."""
+        token = new_token()
+        call = functions.runner_add(
+            self.keys, name, token_hash(token), check_runner_specs(name, specs), ephemeral=ephemeral
+        )
+        await functions.run(self._redis, call)
+        return token
 
     async def close(self) -> None:
         await self._waiters.close()
