@@ -93,6 +93,7 @@ soak: setup
 # (the WebSocket layer and its handshake limits, close codes, `dispatcher serve`, the writers).
 FLOOR_VENV ?= .venv-floor
 FLOOR_TESTS ?= tests/dispatcher/test_wsprotocol.py tests/dispatcher/test_handshake_limits.py \
+	tests/dispatcher/test_frontdoor.py tests/dispatcher/test_wskeepalive.py \
 	tests/dispatcher/test_channel_bad_input.py tests/dispatcher/test_channel_close.py \
 	tests/dispatcher/test_auth.py tests/dispatcher/test_serve.py tests/worker_bridge/test_tasks.py
 test-floor:

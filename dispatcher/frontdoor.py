@@ -29,6 +29,10 @@ refuse mid-pipeline and to quiet its per-request warnings; composing it behind a
 needs a wrapper transport to stop its writes after a refusal and still cannot answer its parse
 errors with a linger or keep its warnings out of the log. The pod's plain HTTP is two probes, so
 a small h11 bridge costs little and leaves the whole connection's behaviour in this package.
+Measured (``python -m bench.wscpu``, server CPU): a probe 0.37 ms against 0.20 ms with httptools
+behind the former subclass (h11 is pure Python; a pod answers a few probes per second); an
+accepted handshake 1.20 ms against 1.12 ms (level: the application's work dominates); an idle
+runner nothing (``python -m bench.connmem``: the front door is gone once the upgrade is handed).
 """
 
 from __future__ import annotations
