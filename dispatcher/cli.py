@@ -19,7 +19,6 @@ import redis
 
 from dispatcher import (
     __version__,
-    cli_groups,
     cli_human,
     cli_jobs,
     cli_logs,
@@ -81,7 +80,6 @@ COMMANDS: tuple[Register, ...] = (
     cli_human.register,  # top, events (terminal views; `status` tables live there too)
     cli_logs.register,  # logs (a job's live output)
     cli_usage.register,  # usage (runner-seconds and jobs per day)
-    cli_groups.register,  # group set/list (concurrency groups)
 )
 
 

@@ -27,7 +27,7 @@ from typing import Any, Self
 import redis
 import redis.asyncio
 
-from dispatcher import functions, groups, redisconn
+from dispatcher import functions, redisconn
 from dispatcher.errors import NotFound
 from dispatcher.keys import Keys
 from dispatcher.logs import LogChunk
@@ -36,8 +36,7 @@ from dispatcher.lookup import jobs_plan, resolve_plan, run_plan, run_plan_async,
 from dispatcher.records import FINAL_STATUSES, job_record, text
 from dispatcher.settings import Settings
 from dispatcher.status import read_status, read_status_async
-from dispatcher.submission import check_job_id, check_runner_specs, job_request
-from dispatcher.tokens import new_token, token_hash
+from dispatcher.submission import check_job_id, job_request
 from dispatcher.usage import DateLike, UsageQuery, usage_plan
 from dispatcher.waiters import DoneWaiters
 
@@ -121,9 +120,6 @@ class Client:
         max_attempts: int = 1,
         job_id: str | None = None,
         check_payload: bool = False,
-        retries: int = 0,
-        retry_delay: float = 0,
-        group: str | None = None,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
 
@@ -132,10 +128,6 @@ class Client:
         makes after a connection error (Redis restarting) can never create the job twice.
         ``check_payload=True`` also refuses a payload the reference runner could not run (one of
         ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
-        ``max_attempts`` counts infrastructure failures (lease lost, runner gone); ``retries``
-        (default 0) how often an attempt the runner reports ``failed`` is queued again, each
-        after ``retry_delay`` seconds; ``wait`` returns only the final outcome. ``group``: its
-        concurrency group (at most the group's limit of its jobs claimed or running at once).
         """
         request = job_request(
             spec,
@@ -145,9 +137,6 @@ class Client:
             max_attempts=max_attempts,
             job_id=job_id,
             check_payload=check_payload,
-            retries=retries,
-            retry_delay=retry_delay,
-            group=group,
         )
         for delay in SUBMIT_RETRY_DELAYS:
             try:
@@ -269,37 +258,6 @@ class Client:
     def runners(self) -> list[dict[str, Any]]:
         """Every registered runner's record (name, specs, state, ...), sorted by name."""
         return list(run_plan(self._redis, runners_plan(self.keys)))
-
-    def set_group_limit(self, group: str, limit: int | None) -> dict[str, Any]:
-        """Limit ``group`` to ``limit`` jobs claimed or running at once (``None``: no limit of its
-        own). Lowering cancels nothing; raising hands waiting jobs to idle runners at once.
-        Returns ``{"group", "limit", "inflight", "released"}``."""
-        return functions.run_sync(self._redis, groups.set_limit_call(self.keys, group, limit))
-
-    def groups(self) -> list[dict[str, Any]]:
-        """Every group: ``limit`` (None = unlimited), ``inflight``, ``pending``, by name."""
-        return groups.list_groups(self._redis, self.keys)
-
-    def pause_runner(self, name: str) -> dict[str, Any]:
-        """Offer runner ``name`` nothing until resumed (it keeps its connection and its job)."""
-        return functions.run_sync(self._redis, functions.runner_pause(self.keys, name, True))
-
-    def resume_runner(self, name: str) -> dict[str, Any]:
-        """Resume runner ``name``; a waiting runner gets pending work at once (``job``)."""
-        return functions.run_sync(self._redis, functions.runner_pause(self.keys, name, False))
-
-    def add_runner(self, name: str, specs: list[str], *, ephemeral: bool = False) -> str:
-        """Register runner ``name`` for ``specs``; return its token (Redis keeps only its hash).
-
-        ``ephemeral=True``: the registration is removed by the call that ends the runner's first
-        attempt (its token is refused from then on), for autoscalers that start one VM or pod
-        per job. ``InvalidInput`` for a bad name or spec, or a name that exists already."""
-        token = new_token()
-        call = functions.runner_add(
-            self.keys, name, token_hash(token), check_runner_specs(name, specs), ephemeral=ephemeral
-        )
-        functions.run_sync(self._redis, call)
-        return token
 
     def close(self) -> None:
         if self._owned:
@@ -429,9 +387,6 @@ class AsyncClient:
         max_attempts: int = 1,
         job_id: str | None = None,
         check_payload: bool = False,
-        retries: int = 0,
-        retry_delay: float = 0,
-        group: str | None = None,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
 
@@ -440,10 +395,6 @@ class AsyncClient:
         makes after a connection error (Redis restarting) can never create the job twice.
         ``check_payload=True`` also refuses a payload the reference runner could not run (one of
         ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
-        ``max_attempts`` counts infrastructure failures (lease lost, runner gone); ``retries``
-        (default 0) how often an attempt the runner reports ``failed`` is queued again, each
-        after ``retry_delay`` seconds; ``wait`` returns only the final outcome. ``group``: its
-        concurrency group (at most the group's limit of its jobs claimed or running at once).
         """
         request = job_request(
             spec,
@@ -453,9 +404,6 @@ class AsyncClient:
             max_attempts=max_attempts,
             job_id=job_id,
             check_payload=check_payload,
-            retries=retries,
-            retry_delay=retry_delay,
-            group=group,
         )
         for delay in SUBMIT_RETRY_DELAYS:
             try:
@@ -554,31 +502,6 @@ class AsyncClient:
     async def runners(self) -> list[dict[str, Any]]:
         """Every registered runner's record, sorted by name."""
         return list(await run_plan_async(self._redis, runners_plan(self.keys)))
-
-    async def set_group_limit(self, group: str, limit: int | None) -> dict[str, Any]:
-        """As ``Client.set_group_limit``."""
-        return await functions.run(self._redis, groups.set_limit_call(self.keys, group, limit))
-
-    async def groups(self) -> list[dict[str, Any]]:
-        """As ``Client.groups``."""
-        return await groups.list_groups_async(self._redis, self.keys)
-
-    async def pause_runner(self, name: str) -> dict[str, Any]:
-        """As ``Client.pause_runner``."""
-        return await functions.run(self._redis, functions.runner_pause(self.keys, name, True))
-
-    async def resume_runner(self, name: str) -> dict[str, Any]:
-        """As ``Client.resume_runner``."""
-        return await functions.run(self._redis, functions.runner_pause(self.keys, name, False))
-
-    async def add_runner(self, name: str, specs: list[str], *, ephemeral: bool = False) -> str:
-        """Register runner ``name`` for ``specs``; return its token (see ``Client.add_runner``)."""
-        token = new_token()
-        call = functions.runner_add(
-            self.keys, name, token_hash(token), check_runner_specs(name, specs), ephemeral=ephemeral
-        )
-        await functions.run(self._redis, call)
-        return token
 
     async def close(self) -> None:
         await self._waiters.close()
