@@ -19,6 +19,7 @@ import redis
 
 from dispatcher import (
     __version__,
+    cli_groups,
     cli_human,
     cli_jobs,
     cli_logs,
@@ -80,6 +81,7 @@ COMMANDS: tuple[Register, ...] = (
     cli_human.register,  # top, events (terminal views; `status` tables live there too)
     cli_logs.register,  # logs (a job's live output)
     cli_usage.register,  # usage (runner-seconds and jobs per day)
+    cli_groups.register,  # group set/list (concurrency groups)
 )
 
 

@@ -95,6 +95,11 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         default=1,
         help="attempts allowed when a runner is lost (default 1)",
     )
+    submit.add_argument(
+        "--group",
+        metavar="NAME",
+        help="concurrency group: at most its limit of jobs run at once (dispatcher group set)",
+    )
     submit.add_argument("--payload", help="the job's JSON payload (an object when CMD is given)")
     submit.add_argument(
         "--any-payload",
@@ -206,6 +211,7 @@ def submit_job(args: argparse.Namespace, settings: Settings) -> int:
                 priority=args.priority,
                 timeout=args.timeout,
                 max_attempts=args.max_attempts,
+                group=args.group,
                 check_payload=not args.any_payload,
             )
         except ValueError as exc:

@@ -1,10 +1,10 @@
-"""`dispatcher runner add | list | rotate | revoke`: the runner registry."""
+"""`dispatcher runner add | list | rotate | revoke | pause | resume`: the runner registry."""
 
 from __future__ import annotations
 
 import argparse
 
-from dispatcher import admin
+from dispatcher import admin, functions
 from dispatcher.cli_common import SubParsers, add_json_flag, connect, epilog, print_json
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
@@ -88,6 +88,38 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
     )
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(handler=revoke_runner)
+    register_pause(actions, common)
+
+
+def register_pause(actions: SubParsers, common: argparse.ArgumentParser) -> None:
+    pause = actions.add_parser(
+        "pause",
+        parents=[common],
+        help="offer a runner nothing until resumed",
+        description="Pause runner NAME, whichever pod holds it: it stays connected and finishes "
+        "a job in flight, and is offered nothing until resumed (a waiting runner leaves the idle "
+        "sets at once).",
+        epilog=epilog(
+            "  dispatcher runner pause build-01\n  dispatcher runner pause build-01 --json"
+        ),
+    )
+    pause.add_argument("name", metavar="NAME")
+    add_json_flag(pause)
+    pause.set_defaults(handler=pause_runner, paused=True)
+
+    resume = actions.add_parser(
+        "resume",
+        parents=[common],
+        help="offer a paused runner work again",
+        description="Resume runner NAME: a runner waiting for work gets the best pending job at "
+        "once, or waits for the next one.",
+        epilog=epilog(
+            "  dispatcher runner resume build-01\n  dispatcher runner resume build-01 --json"
+        ),
+    )
+    resume.add_argument("name", metavar="NAME")
+    add_json_flag(resume)
+    resume.set_defaults(handler=pause_runner, paused=False)
 
 
 def add_runner(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,7 +147,7 @@ def list_runners(args: argparse.Namespace, settings: Settings) -> int:
     rows = [header] + [
         (
             r["name"],
-            r["state"],
+            r["state"] + (" (paused)" if r.get("paused") else ""),
             ",".join(r["specs"]),
             r["pod"] or "-",
             r["job"] or "-",
@@ -150,4 +182,18 @@ def revoke_runner(args: argparse.Namespace, settings: Settings) -> int:
     with connect(settings) as client:
         admin.revoke_runner(client, Keys(settings.namespace), args.name)
     print(f"revoked {args.name}")
+    return 0
+
+
+def pause_runner(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings) as client:
+        call = functions.runner_pause(Keys(settings.namespace), args.name, args.paused)
+        reply = functions.run_sync(client, call)
+    if args.json:
+        print_json({"name": args.name, **reply})
+        return 0
+    verb = "paused" if args.paused else "resumed"
+    was = "" if reply["changed"] else " (already)"
+    given = f"; given job {reply['job']}" if reply.get("job") else ""
+    print(f"runner {args.name} {verb}{was}{given}")
     return 0

@@ -27,7 +27,7 @@ from typing import Any, Self
 import redis
 import redis.asyncio
 
-from dispatcher import functions, redisconn
+from dispatcher import functions, groups, redisconn
 from dispatcher.errors import NotFound
 from dispatcher.keys import Keys
 from dispatcher.logs import LogChunk
@@ -120,6 +120,7 @@ class Client:
         max_attempts: int = 1,
         job_id: str | None = None,
         check_payload: bool = False,
+        group: str | None = None,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
 
@@ -128,6 +129,8 @@ class Client:
         makes after a connection error (Redis restarting) can never create the job twice.
         ``check_payload=True`` also refuses a payload the reference runner could not run (one of
         ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
+        ``group``: its concurrency group (at most the group's limit of its jobs claimed or
+        running at once).
         """
         request = job_request(
             spec,
@@ -137,6 +140,7 @@ class Client:
             max_attempts=max_attempts,
             job_id=job_id,
             check_payload=check_payload,
+            group=group,
         )
         for delay in SUBMIT_RETRY_DELAYS:
             try:
@@ -258,6 +262,24 @@ class Client:
     def runners(self) -> list[dict[str, Any]]:
         """Every registered runner's record (name, specs, state, ...), sorted by name."""
         return list(run_plan(self._redis, runners_plan(self.keys)))
+
+    def set_group_limit(self, group: str, limit: int | None) -> dict[str, Any]:
+        """Limit ``group`` to ``limit`` jobs claimed or running at once (``None``: no limit of its
+        own). Lowering cancels nothing; raising hands waiting jobs to idle runners at once.
+        Returns ``{"group", "limit", "inflight", "released"}``."""
+        return functions.run_sync(self._redis, groups.set_limit_call(self.keys, group, limit))
+
+    def groups(self) -> list[dict[str, Any]]:
+        """Every group: ``limit`` (None = unlimited), ``inflight``, ``pending``, by name."""
+        return groups.list_groups(self._redis, self.keys)
+
+    def pause_runner(self, name: str) -> dict[str, Any]:
+        """Offer runner ``name`` nothing until resumed (it keeps its connection and its job)."""
+        return functions.run_sync(self._redis, functions.runner_pause(self.keys, name, True))
+
+    def resume_runner(self, name: str) -> dict[str, Any]:
+        """Resume runner ``name``; a waiting runner gets pending work at once (``job``)."""
+        return functions.run_sync(self._redis, functions.runner_pause(self.keys, name, False))
 
     def close(self) -> None:
         if self._owned:
@@ -387,6 +409,7 @@ class AsyncClient:
         max_attempts: int = 1,
         job_id: str | None = None,
         check_payload: bool = False,
+        group: str | None = None,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
 
@@ -395,6 +418,8 @@ class AsyncClient:
         makes after a connection error (Redis restarting) can never create the job twice.
         ``check_payload=True`` also refuses a payload the reference runner could not run (one of
         ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
+        ``group``: its concurrency group (at most the group's limit of its jobs claimed or
+        running at once).
         """
         request = job_request(
             spec,
@@ -404,6 +429,7 @@ class AsyncClient:
             max_attempts=max_attempts,
             job_id=job_id,
             check_payload=check_payload,
+            group=group,
         )
         for delay in SUBMIT_RETRY_DELAYS:
             try:
@@ -502,6 +528,22 @@ class AsyncClient:
     async def runners(self) -> list[dict[str, Any]]:
         """Every registered runner's record, sorted by name."""
         return list(await run_plan_async(self._redis, runners_plan(self.keys)))
+
+    async def set_group_limit(self, group: str, limit: int | None) -> dict[str, Any]:
+        """As ``Client.set_group_limit``."""
+        return await functions.run(self._redis, groups.set_limit_call(self.keys, group, limit))
+
+    async def groups(self) -> list[dict[str, Any]]:
+        """As ``Client.groups``."""
+        return await groups.list_groups_async(self._redis, self.keys)
+
+    async def pause_runner(self, name: str) -> dict[str, Any]:
+        """As ``Client.pause_runner``."""
+        return await functions.run(self._redis, functions.runner_pause(self.keys, name, True))
+
+    async def resume_runner(self, name: str) -> dict[str, Any]:
+        """As ``Client.resume_runner``."""
+        return await functions.run(self._redis, functions.runner_pause(self.keys, name, False))
 
     async def close(self) -> None:
         await self._waiters.close()

@@ -87,6 +87,9 @@ def submit(
     priority: int,
     timeout: float,
     max_attempts: int,
+    retries: int = 0,
+    retry_delay: float = 0,
+    group: str = "",
 ) -> Call[str]:
     job = (keys.job(job_id),) if job_id else ()  # '' = the function makes up the id
     declared = (
@@ -98,13 +101,60 @@ def submit(
         keys.config,
         keys.stats,
         keys.events,
+        *_group_keys(keys, group, spec),
     )
     return Call(
         _fn("submit"),
         declared,
-        (keys.namespace, job_id, spec, payload, priority, timeout, max_attempts),
+        (
+            keys.namespace,
+            job_id,
+            spec,
+            payload,
+            priority,
+            timeout,
+            max_attempts,
+            retries,
+            retry_delay,
+            group,
+        ),
         _text,
     )
+
+
+def _group_keys(keys: Keys, group: str, spec: str | None = None) -> tuple[str, ...]:
+    """What a call naming ``group`` may change of it (``spec``: its queue of that spec too)."""
+    if not group:
+        return ()
+    queue = (keys.group_pending(group, spec),) if spec is not None else ()
+    return (
+        keys.groups,
+        keys.group(group),
+        keys.group_inflight(group),
+        keys.group_specs(group),
+        keys.group_heads(group),
+        *queue,
+    )
+
+
+def group_set(keys: Keys, group: str, limit: int | None) -> Call[dict[str, Any]]:
+    """Set (``None``: remove) the group's own limit; raising it releases waiting jobs at once."""
+    declared = (
+        *_group_keys(keys, group or "-"),
+        keys.config,
+        keys.leases,
+        keys.stats,
+        keys.events,
+    )
+    text = "" if limit is None else str(limit)
+    return Call(_fn("group_set"), declared, (keys.namespace, group, text), _json)
+
+
+def runner_pause(keys: Keys, name: str, paused: bool) -> Call[dict[str, Any]]:
+    """Pause (or resume) a runner: it is offered nothing until resumed."""
+    declared = (keys.runner(name), keys.config, keys.leases, keys.stats, keys.events)
+    args = (keys.namespace, name, "1" if paused else "0")
+    return Call(_fn("runner_pause"), declared, args, _json)
 
 
 def cancel(keys: Keys, job_id: str, reason: str = "canceled") -> Call[bool]:

@@ -51,6 +51,7 @@ def job_record(raw: dict[Any, Any]) -> dict[str, Any]:
         "priority": int(h["priority"]),
         "timeout": int(timeout) if timeout.is_integer() else timeout,
         "max_attempts": int(h.get("max_attempts") or 1),
+        "group": h.get("group") or None,
         "payload": _json_or_none(h.get("payload")),
         "error": h.get("error") or None,
         "exit_code": _int_or_none(h.get("exit_code")),
@@ -76,6 +77,7 @@ def runner_record(raw: dict[Any, Any]) -> dict[str, Any]:
         "job": h.get("job") or None,
         "attempt": _int_or_none(h.get("attempt")),
         "last_seen": rfc3339(h.get("last_seen")),
+        "paused": h.get("paused") == "1",
         "version": info.get("version") if isinstance(info, dict) else None,
         "info": info,
     }

@@ -23,6 +23,7 @@ from typing import Any
 
 from dispatcher import functions
 from dispatcher.errors import NotFound
+from dispatcher.groups import check_group
 from dispatcher.keys import Keys
 
 DEFAULT_TIMEOUT = 3600
@@ -45,6 +46,7 @@ class JobRequest:
     priority: int
     timeout: int | float
     max_attempts: int
+    group: str = ""
 
     def call(self, keys: Keys) -> functions.Call[str]:
         return functions.submit(
@@ -55,6 +57,7 @@ class JobRequest:
             self.priority,
             self.timeout,
             self.max_attempts,
+            group=self.group,
         )
 
 
@@ -67,11 +70,13 @@ def job_request(
     max_attempts: int = 1,
     check_payload: bool = False,
     job_id: str | None = None,
+    group: str | None = None,
 ) -> JobRequest:
     """Validate a submission (``payload=None`` means ``{}``); raise ValueError/TypeError.
 
     ``check_payload``: also refuse a payload the reference runner could not run
     (``check_runner_payload``). ``job_id``: the producer's own id (a UUID), else a new one.
+    ``group``: the concurrency group (``dispatcher.groups``).
     """
     payload = {} if payload is None else payload
     request = JobRequest(
@@ -81,6 +86,7 @@ def job_request(
         priority=_check_int("priority", priority, -MAX_PRIORITY, MAX_PRIORITY),
         timeout=check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout),
         max_attempts=_check_int("max_attempts", max_attempts, 1, MAX_ATTEMPTS),
+        group="" if group is None else check_group(group),
     )
     if check_payload:
         check_runner_payload(payload)

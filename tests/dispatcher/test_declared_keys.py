@@ -21,7 +21,7 @@ TAGGED = Keys("{fleet-a}")
 def calls(keys: Keys) -> dict[str, fn.Call[Any]]:
     """One call of every function, with arguments that name every optional key."""
     return {
-        "submit": fn.submit(keys, JOB, "linux", "{}", 0, 60, 1),
+        "submit": fn.submit(keys, JOB, "linux", "{}", 0, 60, 1, group="org-42"),
         "cancel": fn.cancel(keys, JOB),
         "runner_add": fn.runner_add(keys, "r1", "h" * 64, ["linux", "mac"]),
         "runner_revoke": fn.runner_revoke(keys, "r1"),
@@ -51,6 +51,8 @@ def calls(keys: Keys) -> dict[str, fn.Call[Any]]:
         "pod_stop": fn.pod_stop(keys, "pod-a"),
         "log_append": logs.append(keys, "r1", JOB, 1, 0, "stdout", "x", 1024),
         "log_read": logs.read(keys, JOB),
+        "group_set": fn.group_set(keys, "org-42", 2),
+        "runner_pause": fn.runner_pause(keys, "r1", True),
     }
 
 
@@ -87,6 +89,7 @@ def test_every_channel_and_runtime_key_of_a_tagged_namespace_is_in_its_slot() ->
         TAGGED.pod_channel("p"),
         TAGGED.done_channel,
         TAGGED.sinkbox("webhook"),
+        TAGGED.group_pending("org-42", "gpu"),
         Keys.rq_queue(TAGGED.results_queue),
         Keys.rq_queue(TAGGED.sink_queue("postgres")),
     ]
