@@ -49,7 +49,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from dispatch_protocol.messages import Job, RunnerInfo, RunnerMessage, Terminal, encode
+from dispatch_protocol.messages import Job, Log, RunnerInfo, RunnerMessage, Terminal, encode
 from runner import __version__
 from runner.backoff import Backoff
 from runner.channel import connect_failure, open_channel, read_messages
@@ -74,6 +74,7 @@ from runner.events import (
 )
 from runner.executor import Executor, ExecutorConfig
 from runner.failover import Failover
+from runner.logsend import LogSender
 from runner.machine import MachineConfig, RunnerMachine
 from runner.procgroup import ProcessGroup, stop_group
 from runner.spool import CurrentJob, Spool
@@ -259,12 +260,24 @@ class Agent:
         def record_group(group: ProcessGroup) -> None:
             self._spool.record_current(job, group)
 
+        live = LogSender(job.job, job.attempt, self._send_log)  # protocol 1.1 `log`
+        live.start()
         try:
-            outcome = await self._executor.run(job, cancel, on_start=record_group)
+            outcome = await self._executor.run(
+                job, cancel, on_start=record_group, on_output=live.output
+            )
+        except asyncio.CancelledError:
+            await live.cancel()
+            raise
         except Exception as exc:  # the executor should not raise; if it does, report, not crash
             log.exception("the executor failed on job %s", job.job)
             outcome = JobOutcome(error=f"runner error: {exc}")
+        await live.close()  # the last chunks go out before the terminal message
         self._inbox.put_nowait((None, JobFinished(outcome)))
+
+    async def _send_log(self, message: Log) -> None:
+        if self._ws is not None:  # best effort: while disconnected the live log is lost
+            await self._send(message)
 
     def _persist(self, message: Terminal) -> None:
         self._spool.save_result(message)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from dispatch_protocol.messages import Job
+from dispatch_protocol.messages import Job, LogStream
 from runner.events import JobOutcome
 from runner.jobuser import JobUser, job_environment, reach_problem
 from runner.procgroup import ProcessGroup, describe
@@ -53,6 +53,7 @@ _READ_CHUNK = 1 << 16
 
 Ending = Literal["exited", "timeout", "canceled"]
 OnStart = Callable[[ProcessGroup], None]  # records the group durably; may raise OSError
+OnOutput = Callable[[LogStream, bytes], None]  # live output, as it is read
 
 # $0 is a label; "$@" is the job's argv. Exit 125 (nothing ran) if the gate is never opened.
 GATE_SCRIPT = 'read -r go || exit 125; exec </dev/null; exec "$@"'
@@ -170,11 +171,16 @@ class Executor:
         return len(stale)
 
     async def run(
-        self, job: Job, cancel: asyncio.Event, on_start: OnStart | None = None
+        self,
+        job: Job,
+        cancel: asyncio.Event,
+        on_start: OnStart | None = None,
+        on_output: OnOutput | None = None,
     ) -> JobOutcome:
         """Run ``job`` to its end; setting ``cancel`` stops it. Cancelling the task kills it.
 
-        ``on_start`` gets the job's process group before the job's command runs."""
+        ``on_start`` gets the job's process group before the job's command runs; ``on_output``
+        every read from its stdout and stderr as it happens (the live log)."""
         try:
             payload = parse_payload(job.payload)
         except PayloadError as exc:
@@ -195,7 +201,7 @@ class Executor:
             problem = await _open_gate(proc, on_start)
             if problem is not None:
                 return JobOutcome(error=problem)
-            return await self._supervise(proc, work, job, payload, cancel)
+            return await self._supervise(proc, work, job, payload, cancel, on_output)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
 
@@ -241,11 +247,18 @@ class Executor:
         job: Job,
         payload: Payload,
         cancel: asyncio.Event,
+        on_output: OnOutput | None = None,
     ) -> JobOutcome:
         out, err = TailBuffer(self._cfg.output_cap), TailBuffer(self._cfg.output_cap)
         assert proc.stdout is not None and proc.stderr is not None
-        streams = [(proc.stdout, out), (proc.stderr, err)]
-        pumps = [asyncio.create_task(_pump(stream, sink)) for stream, sink in streams]
+        streams: list[tuple[asyncio.StreamReader, TailBuffer, LogStream]] = [
+            (proc.stdout, out, "stdout"),
+            (proc.stderr, err, "stderr"),
+        ]
+        pumps = [
+            asyncio.create_task(_pump(stream, sink, name, on_output))
+            for stream, sink, name in streams
+        ]
         try:
             ending = await _wait_for_end(proc, job.timeout, cancel)
             if ending != "exited":
@@ -309,9 +322,16 @@ def _missing_command(command: str, cwd: Path, env: Mapping[str, str]) -> str | N
     return None if found else f"{command}: command not found or not executable"
 
 
-async def _pump(stream: asyncio.StreamReader, sink: TailBuffer) -> None:
+async def _pump(
+    stream: asyncio.StreamReader,
+    sink: TailBuffer,
+    name: LogStream = "stdout",
+    on_output: OnOutput | None = None,
+) -> None:
     while chunk := await stream.read(_READ_CHUNK):
         sink.feed(chunk)
+        if on_output is not None:
+            on_output(name, chunk)
 
 
 async def _finish_pumps(pumps: list[asyncio.Task[None]], grace: float) -> None:
