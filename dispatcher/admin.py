@@ -12,15 +12,19 @@ from dispatcher.records import runner_record, text
 from dispatcher.tokens import new_token, token_hash
 
 
-def add_runner(client: redis.Redis, keys: Keys, name: str, specs: list[str]) -> str:
+def add_runner(
+    client: redis.Redis, keys: Keys, name: str, specs: list[str], *, ephemeral: bool = False
+) -> str:
     """Register runner ``name`` serving ``specs``; return its token (Redis keeps only the hash).
 
+    ``ephemeral``: the registration ends with the runner's first attempt (one-shot runners).
     Raises ``InvalidInput`` for a bad name or spec, or a name that exists already.
     """
     if not isinstance(name, str) or not all(isinstance(spec, str) for spec in specs):
         raise TypeError("runner name and specs must be strings")
     token = new_token()
-    functions.run_sync(client, functions.runner_add(keys, name, token_hash(token), list(specs)))
+    call = functions.runner_add(keys, name, token_hash(token), list(specs), ephemeral=ephemeral)
+    functions.run_sync(client, call)
     return token
 
 

@@ -27,6 +27,7 @@ SUBMIT_EXAMPLES = """\
   dispatcher submit --spec local -- make test             print the id, return at once
   dispatcher submit --spec local --wait -- sh -c 'exit 3' wait; exit status 1 when it fails
   dispatcher submit --spec local --wait-timeout 600 --json -- ./ci.sh
+  dispatcher submit --spec local --retries 2 --retry-delay 30 -- ./flaky-test.sh
   dispatcher submit --spec local --payload '{"script": "make -j8", "env": {"CI": "1"}}'
   dispatcher submit --spec gpu --any-payload --payload '{"model": "x"}'  your runner's format"""
 
@@ -37,6 +38,10 @@ payload (what the reference runner, dispatch-runner, understands):
   env       object of strings added to the job's environment
   cwd       directory relative to the job's fresh work directory
   outputs   relative paths read back into the job's results
+
+retries: --max-attempts counts infrastructure failures (the runner was lost: lease expired,
+  runner gone); --retries counts failures of the command itself (the runner reported failed).
+  --wait returns only the final outcome: a failed attempt that is retried is not one.
 
 output: the job id first (with --json: {"id": ...}); with --wait, the final record after it (text,
 or one more JSON line). Progress and warnings go to stderr.
@@ -99,6 +104,20 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         "--group",
         metavar="NAME",
         help="concurrency group: at most its limit of jobs run at once (dispatcher group set)",
+    )
+    submit.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="queue the job again up to N times when its command fails (default 0)",
+    )
+    submit.add_argument(
+        "--retry-delay",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long before each such retry (default 0)",
     )
     submit.add_argument("--payload", help="the job's JSON payload (an object when CMD is given)")
     submit.add_argument(
@@ -211,6 +230,8 @@ def submit_job(args: argparse.Namespace, settings: Settings) -> int:
                 priority=args.priority,
                 timeout=args.timeout,
                 max_attempts=args.max_attempts,
+                retries=args.retries,
+                retry_delay=args.retry_delay,
                 group=args.group,
                 check_payload=not args.any_payload,
             )
@@ -277,6 +298,7 @@ PROGRESS: dict[str, str] = {
     "start_expired": "not started by {runner} in time; queued again",
     "lease_expired": "lost its runner {runner} (lease expired)",
     "released": "back in the queue ({runner} did not ask again)",
+    "retry": "attempt {attempt} failed on {runner}; retry {retry} in {delay_ms} ms",
     "completed": "completed; a result writer records it",
     "failed": "failed: {error}",
     "canceled": "canceled ({error})",
@@ -372,6 +394,7 @@ def job_summary(record: dict[str, Any]) -> str:
     runner = f" on {record['runner']}" if record["runner"] else ""
     lines.append(f"attempt   {record['attempt']} of max {record['max_attempts']}{runner}")
     lines.append(f"priority  {record['priority']}, timeout {record['timeout']} s")
+    lines += retry_lines(record)
     for field in ("created", "claimed", "started", "finished", "exit_code"):
         if record[field] is not None:
             lines.append(f"{field.replace('_', ' '):<9} {record[field]}")
@@ -382,6 +405,25 @@ def job_summary(record: dict[str, Any]) -> str:
         if record[stream]:
             lines += [f"--- {stream} (tail) ---", record[stream].rstrip("\n")]
     return "\n".join(lines)
+
+
+def retry_lines(record: dict[str, Any]) -> list[str]:
+    """The retries used and one line per ended attempt (the record's history)."""
+    lines = []
+    if record.get("retries"):
+        delay = f", {record['retry_delay']} s apart" if record.get("retry_delay") else ""
+        lines.append(f"retries   {record['retries_used']} of {record['retries']} used{delay}")
+    if record.get("retry_at"):
+        lines.append(f"retry at  {record['retry_at']}")
+    if record.get("attempts"):
+        lines.append("attempts  (ended, oldest first)")
+    for a in record.get("attempts") or []:
+        code = "" if a["exit_code"] is None else f" exit {a['exit_code']}"
+        error = f": {a['error']}" if a["error"] else ""
+        retried = " (retried)" if a["retried"] else ""
+        on = a["runner"] or "-"
+        lines.append(f"  #{a['attempt']} {on} {a['status']}{code}{retried}{error}"[:160])
+    return lines
 
 
 def show_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -36,7 +36,8 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         description="Register runner NAME for one or more specs and print its new token.",
         epilog=epilog(
             "  dispatcher runner add build-01 --spec linux\n"
-            "  dispatcher runner add gpu-02 --spec linux --spec linux-gpu --json",
+            "  dispatcher runner add gpu-02 --spec linux --spec linux-gpu --json\n"
+            "  dispatcher runner add vm-7f3a --spec linux --ephemeral   one job, then it is gone",
             notes=TOKEN_NOTE,
         ),
     )
@@ -47,6 +48,11 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         required=True,
         dest="specs",
         help="a spec the runner serves (repeat for several)",
+    )
+    add.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="one job only: the registration (and the token) ends once its first job ends",
     )
     add_json_flag(add)
     add.set_defaults(handler=add_runner)
@@ -124,11 +130,16 @@ def register_pause(actions: SubParsers, common: argparse.ArgumentParser) -> None
 
 def add_runner(args: argparse.Namespace, settings: Settings) -> int:
     with connect(settings) as client:
-        token = admin.add_runner(client, Keys(settings.namespace), args.name, args.specs)
+        token = admin.add_runner(
+            client, Keys(settings.namespace), args.name, args.specs, ephemeral=args.ephemeral
+        )
     if args.json:
-        print_json({"name": args.name, "token": token, "specs": args.specs})
+        print_json(
+            {"name": args.name, "token": token, "specs": args.specs, "ephemeral": args.ephemeral}
+        )
     else:
-        print(f"runner {args.name} added (specs: {', '.join(args.specs)})")
+        kind = ", ephemeral: one job" if args.ephemeral else ""
+        print(f"runner {args.name} added (specs: {', '.join(args.specs)}{kind})")
         print(f"token: {token}")
         print("The token is shown only this once; Redis keeps only its SHA-256.")
     return 0

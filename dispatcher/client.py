@@ -36,7 +36,8 @@ from dispatcher.lookup import jobs_plan, resolve_plan, run_plan, run_plan_async,
 from dispatcher.records import FINAL_STATUSES, job_record, text
 from dispatcher.settings import Settings
 from dispatcher.status import read_status, read_status_async
-from dispatcher.submission import check_job_id, job_request
+from dispatcher.submission import check_job_id, check_runner_specs, job_request
+from dispatcher.tokens import new_token, token_hash
 from dispatcher.usage import DateLike, UsageQuery, usage_plan
 from dispatcher.waiters import DoneWaiters
 
@@ -120,6 +121,8 @@ class Client:
         max_attempts: int = 1,
         job_id: str | None = None,
         check_payload: bool = False,
+        retries: int = 0,
+        retry_delay: float = 0,
         group: str | None = None,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
@@ -129,8 +132,10 @@ class Client:
         makes after a connection error (Redis restarting) can never create the job twice.
         ``check_payload=True`` also refuses a payload the reference runner could not run (one of
         ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
-        ``group``: its concurrency group (at most the group's limit of its jobs claimed or
-        running at once).
+        ``max_attempts`` counts infrastructure failures (lease lost, runner gone); ``retries``
+        (default 0) how often an attempt the runner reports ``failed`` is queued again, each
+        after ``retry_delay`` seconds; ``wait`` returns only the final outcome. ``group``: its
+        concurrency group (at most the group's limit of its jobs claimed or running at once).
         """
         request = job_request(
             spec,
@@ -140,6 +145,8 @@ class Client:
             max_attempts=max_attempts,
             job_id=job_id,
             check_payload=check_payload,
+            retries=retries,
+            retry_delay=retry_delay,
             group=group,
         )
         for delay in SUBMIT_RETRY_DELAYS:
@@ -281,6 +288,19 @@ class Client:
         """Resume runner ``name``; a waiting runner gets pending work at once (``job``)."""
         return functions.run_sync(self._redis, functions.runner_pause(self.keys, name, False))
 
+    def add_runner(self, name: str, specs: list[str], *, ephemeral: bool = False) -> str:
+        """Register runner ``name`` for ``specs``; return its token (Redis keeps only its hash).
+
+        ``ephemeral=True``: the registration is removed by the call that ends the runner's first
+        attempt (its token is refused from then on), for autoscalers that start one VM or pod
+        per job. ``InvalidInput`` for a bad name or spec, or a name that exists already."""
+        token = new_token()
+        call = functions.runner_add(
+            self.keys, name, token_hash(token), check_runner_specs(name, specs), ephemeral=ephemeral
+        )
+        functions.run_sync(self._redis, call)
+        return token
+
     def close(self) -> None:
         if self._owned:
             self._redis.close()
@@ -409,6 +429,8 @@ class AsyncClient:
         max_attempts: int = 1,
         job_id: str | None = None,
         check_payload: bool = False,
+        retries: int = 0,
+        retry_delay: float = 0,
         group: str | None = None,
     ) -> str:
         """Submit a job; return its id. Bad input raises ValueError/TypeError, writing nothing.
@@ -418,8 +440,10 @@ class AsyncClient:
         makes after a connection error (Redis restarting) can never create the job twice.
         ``check_payload=True`` also refuses a payload the reference runner could not run (one of
         ``command`` or ``script``: ``dispatcher.submission.check_runner_payload``).
-        ``group``: its concurrency group (at most the group's limit of its jobs claimed or
-        running at once).
+        ``max_attempts`` counts infrastructure failures (lease lost, runner gone); ``retries``
+        (default 0) how often an attempt the runner reports ``failed`` is queued again, each
+        after ``retry_delay`` seconds; ``wait`` returns only the final outcome. ``group``: its
+        concurrency group (at most the group's limit of its jobs claimed or running at once).
         """
         request = job_request(
             spec,
@@ -429,6 +453,8 @@ class AsyncClient:
             max_attempts=max_attempts,
             job_id=job_id,
             check_payload=check_payload,
+            retries=retries,
+            retry_delay=retry_delay,
             group=group,
         )
         for delay in SUBMIT_RETRY_DELAYS:
@@ -544,6 +570,15 @@ class AsyncClient:
     async def resume_runner(self, name: str) -> dict[str, Any]:
         """As ``Client.resume_runner``."""
         return await functions.run(self._redis, functions.runner_pause(self.keys, name, False))
+
+    async def add_runner(self, name: str, specs: list[str], *, ephemeral: bool = False) -> str:
+        """Register runner ``name`` for ``specs``; return its token (see ``Client.add_runner``)."""
+        token = new_token()
+        call = functions.runner_add(
+            self.keys, name, token_hash(token), check_runner_specs(name, specs), ephemeral=ephemeral
+        )
+        await functions.run(self._redis, call)
+        return token
 
     async def close(self) -> None:
         await self._waiters.close()

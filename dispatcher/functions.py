@@ -158,13 +158,16 @@ def runner_pause(keys: Keys, name: str, paused: bool) -> Call[dict[str, Any]]:
 
 
 def cancel(keys: Keys, job_id: str, reason: str = "canceled") -> Call[bool]:
-    declared = (keys.job(job_id), keys.leases, keys.outbox, keys.stats, keys.events)
+    declared = (keys.job(job_id), keys.leases, keys.outbox, keys.stats, keys.events, keys.delayed)
     return Call(_fn("cancel"), declared, (keys.namespace, job_id, reason), lambda r: bool(int(r)))
 
 
-def runner_add(keys: Keys, name: str, token_hash: str, specs: list[str]) -> Call[int]:
+def runner_add(
+    keys: Keys, name: str, token_hash: str, specs: list[str], *, ephemeral: bool = False
+) -> Call[int]:
+    """``ephemeral``: the registration ends with the runner's first attempt (one-shot runners)."""
     declared = (keys.runner(name), keys.runners, keys.specs, keys.events)
-    args = (keys.namespace, name, token_hash, json.dumps(specs))
+    args = (keys.namespace, name, token_hash, json.dumps(specs), "1" if ephemeral else "")
     return Call(_fn("runner_add"), declared, args, _int)
 
 
@@ -311,7 +314,9 @@ def finish(
     error: str,
 ) -> Call[dict[str, Any]]:
     code = None if exit_code is None else str(exit_code)
-    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats)
+    # delayed: a retry; runners: an ephemeral runner retired
+    retry = (keys.delayed, keys.runners)
+    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats, *retry)
     return Call(
         _fn("finish"),
         declared,
@@ -342,6 +347,7 @@ def tick(keys: Keys, pod: str, pod_ttl_ms: int, max_reap: int = 100) -> Call[dic
         keys.sinks,
         keys.stats,
         keys.events,
+        keys.delayed,
     )
     return Call(_fn("tick"), declared, (keys.namespace, pod, pod_ttl_ms, max_reap), _json)
 

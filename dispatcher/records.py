@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any, overload
 
+from dispatcher.attempts import attempts
+
 FINAL_STATUSES = frozenset({"processed", "failed", "canceled"})
 
 
@@ -34,6 +36,11 @@ def _json_or_none(text: str | None) -> Any:
     return None if text is None or text == "" else json.loads(text)
 
 
+def _number(text: str | None) -> int | float:
+    value = float(text or 0)
+    return int(value) if value.is_integer() else value
+
+
 def _int_or_none(text: str | None) -> int | None:
     return None if text is None or text == "" else int(text)
 
@@ -52,6 +59,11 @@ def job_record(raw: dict[Any, Any]) -> dict[str, Any]:
         "timeout": int(timeout) if timeout.is_integer() else timeout,
         "max_attempts": int(h.get("max_attempts") or 1),
         "group": h.get("group") or None,
+        "retries": int(h.get("retries") or 0),
+        "retry_delay": _number(h.get("retry_delay")),
+        "retries_used": int(h.get("retries_used") or 0),
+        "retry_at": rfc3339(h.get("retry_at")),
+        "attempts": attempts(h.get("history")),
         "payload": _json_or_none(h.get("payload")),
         "error": h.get("error") or None,
         "exit_code": _int_or_none(h.get("exit_code")),
@@ -78,6 +90,7 @@ def runner_record(raw: dict[Any, Any]) -> dict[str, Any]:
         "attempt": _int_or_none(h.get("attempt")),
         "last_seen": rfc3339(h.get("last_seen")),
         "paused": h.get("paused") == "1",
+        "ephemeral": h.get("ephemeral") == "1",
         "version": info.get("version") if isinstance(info, dict) else None,
         "info": info,
     }

@@ -31,6 +31,8 @@ MAX_TIMEOUT = 30 * 24 * 3600
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_PRIORITY = 2**53 - 1
 MAX_ATTEMPTS = 100
+MAX_RETRIES = 100
+MAX_RETRY_DELAY = 24 * 3600
 SPEC_RE = re.compile(r"^[A-Za-z0-9._/@+-]{1,128}$")
 # the rule `submit` in the Lua library applies to ids (36 characters, five groups of hex digits)
 JOB_ID_RE = re.compile(r"^[0-9A-Fa-f]+(?:-[0-9A-Fa-f]+){4}$")
@@ -46,6 +48,8 @@ class JobRequest:
     priority: int
     timeout: int | float
     max_attempts: int
+    retries: int = 0
+    retry_delay: int | float = 0
     group: str = ""
 
     def call(self, keys: Keys) -> functions.Call[str]:
@@ -57,7 +61,9 @@ class JobRequest:
             self.priority,
             self.timeout,
             self.max_attempts,
-            group=self.group,
+            self.retries,
+            self.retry_delay,
+            self.group,
         )
 
 
@@ -70,13 +76,17 @@ def job_request(
     max_attempts: int = 1,
     check_payload: bool = False,
     job_id: str | None = None,
+    retries: int = 0,
+    retry_delay: float = 0,
     group: str | None = None,
 ) -> JobRequest:
     """Validate a submission (``payload=None`` means ``{}``); raise ValueError/TypeError.
 
     ``check_payload``: also refuse a payload the reference runner could not run
     (``check_runner_payload``). ``job_id``: the producer's own id (a UUID), else a new one.
-    ``group``: the concurrency group (``dispatcher.groups``).
+    ``max_attempts`` counts infrastructure failures (lease lost, runner gone); ``retries`` is how
+    often an attempt the runner reports ``failed`` (the command failed) is queued again, each
+    after ``retry_delay`` seconds. ``group``: the concurrency group (``dispatcher.groups``).
     """
     payload = {} if payload is None else payload
     request = JobRequest(
@@ -86,6 +96,8 @@ def job_request(
         priority=_check_int("priority", priority, -MAX_PRIORITY, MAX_PRIORITY),
         timeout=check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout),
         max_attempts=_check_int("max_attempts", max_attempts, 1, MAX_ATTEMPTS),
+        retries=_check_int("retries", retries, 0, MAX_RETRIES),
+        retry_delay=check_retry_delay(retry_delay),
         group="" if group is None else check_group(group),
     )
     if check_payload:
@@ -161,6 +173,26 @@ def check_timeout(timeout: Any) -> int | float:
         raise ValueError(f"timeout must be > 0 and <= {MAX_TIMEOUT} seconds, not {timeout!r}")
     # whole seconds travel as integers so the record reads back 3600, not 3600.0
     return int(timeout) if float(timeout).is_integer() else float(timeout)
+
+
+def check_runner_specs(name: Any, specs: Any) -> list[str]:
+    """A runner registration's name and specs must be strings (the Lua library checks the rest:
+    its name and spec rules, a name already taken); the specs as a list."""
+    if not isinstance(name, str):
+        raise TypeError(f"runner name must be a string, not {type(name).__name__}")
+    if isinstance(specs, str) or not all(isinstance(spec, str) for spec in specs):
+        raise TypeError("runner specs must be a list of strings")
+    return list(specs)
+
+
+def check_retry_delay(delay: Any) -> int | float:
+    """Seconds before a retry: a number from 0 to ``MAX_RETRY_DELAY``."""
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise TypeError(f"retry_delay must be a number of seconds, not {type(delay).__name__}")
+    if not math.isfinite(delay) or not 0 <= delay <= MAX_RETRY_DELAY:
+        raise ValueError(f"retry_delay must be from 0 to {MAX_RETRY_DELAY} seconds, not {delay!r}")
+    # like timeout: whole seconds travel as integers, as the record stores them
+    return int(delay) if float(delay).is_integer() else float(delay)
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:

@@ -2,7 +2,7 @@
 
     dispatch-runner --url http(s)://HOST:PORT [--url ...] --runner NAME --token TOKEN
         [--poll-timeout S] [--state-dir DIR] [--drain-timeout S] [--kill-grace S]
-        [--work-dir DIR] [--log-format text|json] [--job-user NAME]
+        [--work-dir DIR] [--log-format text|json] [--job-user NAME] [--once]
 
 ``--url`` may be repeated (or hold a comma-separated list): the agent then fails over between the
 pods with back-off (``runner.failover``). Every URL is checked at start; a bad one is one line on
@@ -18,6 +18,9 @@ another user; the agent must then be root.
 
 Exit status: 0 after a normal shutdown, 1 after a forced one (second signal) or a fatal error such
 as a state directory in use, 2 for bad arguments, 3 when the dispatcher kept refusing the token.
+With ``--once`` (one job, for a VM or pod started per job): 0 once that job's result is
+acknowledged, 4 when the job could not run (no exit code: bad payload, command not found, or
+stopped by a cancel, its timeout or a drain).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ examples:
       --state-dir /var/lib/dispatch-runner --log-format json
   {TOKEN_ENV}=... dispatch-runner --runner build-01 \\
       --url http://pod-a.internal:8000 --url http://pod-b.internal:8000   # fails over between them
+  {TOKEN_ENV}=... dispatch-runner --url https://dispatch.example.com --runner vm-7f3a --once
 
 environment:
   {TOKEN_ENV}  the runner's token (from `dispatcher runner add` or `rotate`); preferred
@@ -92,7 +96,12 @@ exit status: 0 after a normal shutdown (SIGTERM/SIGINT: the running job may fini
 --drain-timeout), 1 after a forced one (second signal) or a fatal error (state directory unusable
 or in use, a job user that cannot reach the work directory, a previous job's processes that
 survive SIGKILL), 2 for bad arguments (--job-user when not root, or an unknown user), 3 when the
-dispatcher kept refusing the token.
+dispatcher kept refusing the token. With --once: 0 once the one job's result is acknowledged
+(whatever the job's exit code), 4 when that job could not run (no exit code: bad payload, command
+not found, or stopped by a cancel, its timeout or a drain).
+
+one-shot runners: --once with a runner added by `dispatcher runner add NAME --ephemeral` (whose
+token stops working when its first job ends) for a VM or pod started per job.
 """
 
 
@@ -134,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--job-user",
         metavar="NAME",
         help=f"run jobs as this user (the agent must be root; or set {JOB_USER_ENV})",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="take one job, report it, wait for its ack, exit (0, or 4 if it could not run)",
     )
     return p
 
@@ -194,6 +208,7 @@ def make_config(
         # jobs never see the token, under its own name or any other
         base_env={k: v for k, v in environ.items() if k != TOKEN_ENV and token not in v},
         job_user=job_user,
+        once=args.once,
     )
 
 

@@ -38,6 +38,7 @@ class AgentConfig:
     max_auth_failures: int = 10
     job_user: JobUser | None = None  # run jobs as this user (the agent must be root)
     healthy_session: float = DEFAULT_HEALTHY_SESSION  # a connection this long resets the back-off
+    once: bool = False  # take one job, deliver its result, exit (dispatch-runner --once)
 
     def __post_init__(self) -> None:
         check_urls(self.urls, self.runner)

@@ -31,7 +31,9 @@ the same time, just before the machine does, so when the machine asks for a dela
 already knows how the attempt or the session ended. Re-attaching after a reconnect (``running``)
 works the same on any URL: the job's record is in the shared Redis, not in a pod.
 
-Exit status: 0 after a normal shutdown, 1 after a forced one, 3 after repeated token refusals.
+Exit status: 0 after a normal shutdown, 1 after a forced one, 3 after repeated token refusals;
+with ``once`` (``dispatch-runner --once``) 0 once the one job's result is acknowledged, or 4 when
+that job could not run (``runner.machine.once_exit_code``).
 """
 
 from __future__ import annotations
@@ -328,6 +330,7 @@ class Agent:
             ack_timeout=cfg.ack_timeout,
             drain_timeout=cfg.drain_timeout,
             max_auth_failures=cfg.max_auth_failures,
+            once=cfg.once,
         )
 
     async def _forward(self, stop: asyncio.Event) -> None:

@@ -28,6 +28,9 @@ Shutdown: the first ``ShutdownRequested`` drains (no new job; the running job ma
 drain deadline, then it is stopped and reported as ``failed``; its result is delivered) and exits 0.
 With nothing in progress it exits at once. A second request exits at once with status 1; the spool
 keeps whatever was not delivered.
+
+One job (``MachineConfig.once``, ``dispatch-runner --once``): once the result of the first job
+received is acknowledged, the channel is closed and the machine exits with ``once_exit_code``.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ REJECTED_CLOSE_CODES = closecodes.REFUSED_MESSAGE  # the dispatcher refused the 
 SUPERSEDED_CLOSE_CODE = closecodes.SUPERSEDED
 EXIT_FORCED = 1
 EXIT_TOKEN_REFUSED = 3
+EXIT_ONCE_NOT_RUN = 4  # --once: the one job reported no exit code (could not start, or stopped)
 MAX_RETRY_AFTER = 3600.0  # a bogus Retry-After must not park a runner for days
 
 
@@ -94,6 +98,14 @@ class MachineConfig:
     drain_timeout: float = 600.0  # after the first shutdown request, stop the job at this point
     max_auth_failures: int = 10  # token refused this often in a row while idle -> exit 3
     min_heartbeat_interval: float = 0.1  # guards against a zero interval from a broken server
+    once: bool = False  # take one job, deliver its result, exit (``once_exit_code``)
+
+
+def once_exit_code(message: Terminal) -> int:
+    """``--once``: 0 when the job's command ran to an exit code (the job's own success or failure
+    is in its result), ``EXIT_ONCE_NOT_RUN`` when it could not run (bad payload, command not
+    found) or was stopped before it exited (canceled, timeout, drain)."""
+    return 0 if getattr(message, "exit_code", None) is not None else EXIT_ONCE_NOT_RUN
 
 
 class RunnerMachine:
@@ -118,6 +130,7 @@ class RunnerMachine:
         self._reconnect_at: float | None = None
         self._connecting = False  # a Connect effect is outstanding
         self._auth_failures = 0
+        self._once_code: int | None = None  # --once: the exit status once the result is acked
         self._out: list[Effect] = []
 
     @property
@@ -292,6 +305,9 @@ class RunnerMachine:
         # "acknowledged" is logged by the driver once the spool no longer holds the result
         self._held = self._deadline = None
         self._emit(DropPersisted(held.job))
+        if self._once_code is not None:  # --once: the one job's result is delivered
+            self._emit(Close(1000, "one job done"))
+            return self._exit(self._once_code)
         if self.draining:
             self._emit(Close(1001, "runner shutting down"))
             return self._exit(0)
@@ -312,6 +328,8 @@ class RunnerMachine:
         self._job = self._cancel = self._next_heartbeat = None
         self._held = message
         self._emit(PersistResult(message))  # durable before it is sent
+        if self._cfg.once:
+            self._once_code = once_exit_code(message)
         if self._state is not S.EXECUTING_OFFLINE:
             return self._send_terminal(message, now, S.AWAITING_ACK)
         # the reconnect is already scheduled; a draining agent keeps trying to deliver the result

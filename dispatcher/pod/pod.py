@@ -107,7 +107,6 @@ class Pod:
             "start_timeout": self.settings.start_timeout,
             "lease_timeout": self.settings.lease_timeout,
             "timeout_grace": self.settings.timeout_grace,
-            "group_default_limit": self.settings.group_default_limit,
         }
         await self.redis.hset(self.keys.config, mapping=cfg)  # type: ignore[arg-type]
         await self.redis.set(self.keys.schema, 1, nx=True)
@@ -296,6 +295,8 @@ class Pod:
             pubsub=self.settings.wake == "pubsub",
         )
         if action is Observed.CLOSE_REVOKED:
+            if watched:  # an ephemeral runner's job ended with its registration: say so first
+                await self._check_watched(sock, watched, reply.get("local") or {})
             await sock.close(closecodes.REVOKED, "runner token revoked")
         elif action is Observed.CLOSE_SUPERSEDED:
             await sock.close(closecodes.SUPERSEDED, "superseded by a newer connection")

@@ -7,9 +7,8 @@ import pytest
 
 from dispatcher import functions as fn
 from dispatcher import groups
-from dispatcher.errors import ConfigError, InvalidInput
+from dispatcher.errors import InvalidInput
 from dispatcher.keys import Keys
-from dispatcher.settings import Settings
 from tests.dispatcher.groupkit import (
     RClient,
     connect,
@@ -244,9 +243,3 @@ def test_python_checks_name_the_argument() -> None:
         groups.check_limit(True)
     with pytest.raises(ValueError, match="limit must be from 0"):
         groups.check_limit(-1)
-
-
-def test_a_negative_default_limit_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigError, match="group_default_limit"):
-        Settings.from_env({"DISPATCHER_GROUP_DEFAULT_LIMIT": "-1"})
-    assert Settings.from_env({"DISPATCHER_GROUP_DEFAULT_LIMIT": "5"}).group_default_limit == 5
