@@ -30,6 +30,8 @@ clock, and pods share one clock this way). Replies are JSON texts unless said ot
 
 Job status: pending -> claimed -> running -> completed -> processed, or failed / canceled.
 Final statuses: completed, processed, failed, canceled (completed only waits for a result writer).
+A `failed` from the runner with retries left is not final: the job goes back to pending (at once,
+or after its retry_delay through the delayed set) as a new attempt; see `retry_job`.
 ]]
 
 -- ---------------------------------------------------------------------------------------------
