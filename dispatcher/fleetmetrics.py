@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from dispatcher.keys import Keys
 from dispatcher.records import text
+from dispatcher.usage_metrics import usage_families, usage_totals
 
 Command = tuple[str | int | float, ...]
 Plan = Generator[list[Command], list[Any], dict[str, Any]]
@@ -71,6 +72,7 @@ def fleet_plan(keys: Keys) -> Plan:
         scheduled,
         failed,
         outbox_head,
+        usage_total,
     ) = yield [
         ("TIME",),
         ("SMEMBERS", keys.specs),
@@ -84,6 +86,7 @@ def fleet_plan(keys: Keys) -> Plan:
         ("ZCARD", RQ_SCHEDULED.format(results_queue)),
         ("ZCARD", RQ_FAILED.format(results_queue)),
         ("ZRANGE", keys.outbox, 0, 0),
+        ("HGETALL", keys.usage_total),
     ]
     now = int(clock[0]) * 1000 + int(clock[1]) // 1000
     specs = sorted(map(text, specs_raw))
@@ -181,6 +184,7 @@ def fleet_plan(keys: Keys) -> Plan:
             "lag_seconds": max(0.0, (now - finished) / 1000) if finished else 0.0,
         },
         "sinks": sink_rows,
+        "usage": usage_totals(usage_total),
     }
 
 
@@ -321,4 +325,5 @@ def fleet_families(snap: dict[str, Any]) -> list[Metric]:
             ["sink"],
             {s: r["parked"] for s, r in sinks.items()},
         ),
+        *usage_families(snap.get("usage", {})),
     ]

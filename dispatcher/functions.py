@@ -25,9 +25,9 @@ from typing import Any, Generic, TypeVar
 import redis
 import redis.asyncio
 
-from dispatcher import usage
 from dispatcher.errors import InvalidInput, NotFound
 from dispatcher.keys import LIBRARY_NAME, Keys
+from dispatcher.usage_days import DEFAULT_RETENTION_DAYS, declared_days, utc_today
 
 T = TypeVar("T")
 
@@ -220,15 +220,15 @@ def record(
     entries: list[str],
     retention_s: int,
     sinks: list[str],
-    usage_retention_days: int = usage.DEFAULT_RETENTION_DAYS,
+    usage_retention_days: int = DEFAULT_RETENTION_DAYS,
     usage_days: Sequence[str] | None = None,
 ) -> Call[list[tuple[str, bool]]]:
     """Record a batch of outbox entries; per entry (status afterwards, whether this call changed
-    it). ``usage_days``: the usage hashes to declare (default: ``usage.declared_days`` of today,
+    it). ``usage_days``: the usage hashes to declare (default: ``declared_days`` of today,
     UTC, on this machine's clock)."""
     jobs = dict.fromkeys(keys.job(entry.rpartition(":")[0] or entry) for entry in entries)
     if usage_days is None:
-        usage_days = usage.declared_days(usage.utc_today())
+        usage_days = declared_days(utc_today())
     declared = (
         keys.outbox,
         *jobs,
@@ -237,6 +237,7 @@ def record(
         keys.sinks,
         *(keys.sinkbox(sink) for sink in sinks),
         *(keys.usage(day) for day in usage_days),
+        keys.usage_total,
     )
     return Call(
         _fn("record"),

@@ -94,6 +94,12 @@ class Keys:
         return self._k("usage", day)
 
     @property
+    def usage_total(self) -> str:
+        """HASH: like a ``usage`` day hash, by spec only and never expiring: every job metered
+        since the namespace began (the metrics exporter's usage counters)."""
+        return self._k("usage", "total")
+
+    @property
     def schema(self) -> str:
         """STRING: schema version of this namespace's keys."""
         return self._k("schema")

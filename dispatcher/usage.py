@@ -28,30 +28,13 @@ from dispatcher.errors import InvalidInput
 from dispatcher.keys import Keys
 from dispatcher.lookup import Batch, Plan
 from dispatcher.records import text
+from dispatcher.usage_days import day_name, utc_today
 
 BY = ("spec", "group", "runner")
 DEFAULT_SPAN_DAYS = 30  # without --since: the 30 days up to --until
 MAX_SPAN_DAYS = 1000  # one query reads one hash per day: bounded
-DEFAULT_RETENTION_DAYS = 400
 
 DateLike = dt.date | str | None
-
-
-def day_name(day: dt.date) -> str:
-    """The ``YYYY-MM-DD`` a usage key is named with."""
-    return day.isoformat()
-
-
-def utc_today(now: dt.datetime | None = None) -> dt.date:
-    """Today's UTC date (of ``now`` when given)."""
-    return (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).date()
-
-
-def declared_days(today: dt.date) -> tuple[str, ...]:
-    """The usage hashes a ``record`` call declares: yesterday, today and tomorrow of the caller's
-    UTC clock, so a job that finished moments ago, on the Redis server's clock, is among them
-    whichever side of midnight either clock is."""
-    return tuple(day_name(today + dt.timedelta(days=d)) for d in (-1, 0, 1))
 
 
 def parse_day(value: DateLike, name: str, today: dt.date) -> dt.date | None:
@@ -116,7 +99,7 @@ def usage_plan(keys: Keys, query: UsageQuery) -> Plan:
     return usage_report(query, zip((day_name(d) for d in days), raws, strict=True))
 
 
-def _parse_fields(raw: Mapping[Any, Any], by: str) -> dict[str, list[int]]:
+def usage_by(raw: Mapping[Any, Any], by: str) -> dict[str, list[int]]:
     """One day's hash -> {name: [ms, jobs]} for ``by`` (other fields and junk are skipped)."""
     rows: dict[str, list[int]] = {}
     for field, value in raw.items():
@@ -152,7 +135,7 @@ def usage_report(
     totals: dict[str, list[int]] = {}
     listed: list[dict[str, Any]] = []
     for day, raw in days:
-        rows = _parse_fields(raw or {}, query.by)
+        rows = usage_by(raw or {}, query.by)
         if not rows:
             continue
         for name, (ms, jobs) in rows.items():

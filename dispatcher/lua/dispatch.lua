@@ -54,6 +54,7 @@ local function sinks_key(ns) return key(ns, 'sinks') end
 local function log_key(ns, id) return key(ns, 'log', id) end
 local function delayed_key(ns) return key(ns, 'delayed') end
 local function usage_key(ns, day) return key(ns, 'usage', day) end
+local function usage_total_key(ns) return key(ns, 'usage', 'total') end
 -- rq keeps a queue named Q in the list 'rq:queue:Q' (mirror of Keys.rq_queue)
 local function results_rq_queue(ns) return 'rq:queue:' .. ns .. ':results' end
 local function sink_rq_queue(ns, sink) return 'rq:queue:' .. ns .. ':sink:' .. sink end
@@ -1202,7 +1203,8 @@ end
 -- ('' when none), and count the job there once. The record's `metered_ms` keeps what was added:
 -- a later record of the same job (a `completed` that replaced a lease-expiry failure of the same
 -- attempt) adds only the difference and no second job. The day's hash lives `retention_days`
--- after the day ends (0 = kept).
+-- after the day ends (0 = kept). The same figures by spec also go to the never-expiring totals
+-- (`usage:total`, Prometheus counters of the metrics exporter).
 local function meter_usage(ns, jk, retention_days)
   local j = redis.call('HMGET', jk, 'spec', 'group', 'runner', 'started', 'finished', 'metered_ms')
   local finished, started, before = tonumber(j[5]) or now_ms(), tonumber(j[4]), tonumber(j[6])
@@ -1211,11 +1213,14 @@ local function meter_usage(ns, jk, retention_days)
   redis.call('HSET', jk, 'metered_ms', string.format('%d', ms))
   local day, day_start = utc_day(finished)
   local uk = usage_key(ns, day)
-  for _, by in ipairs({{'spec', j[1]}, {'group', j[2]}, {'runner', j[3]}}) do
-    local name = by[1] .. ':' .. (by[2] or '')
-    redis.call('HINCRBY', uk, 'ms:' .. name, ms - (before or 0))
-    if not before then redis.call('HINCRBY', uk, 'jobs:' .. name, 1) end
+  local function add(k, name)
+    redis.call('HINCRBY', k, 'ms:' .. name, ms - (before or 0))
+    if not before then redis.call('HINCRBY', k, 'jobs:' .. name, 1) end
   end
+  for _, by in ipairs({{'spec', j[1]}, {'group', j[2]}, {'runner', j[3]}}) do
+    add(uk, by[1] .. ':' .. (by[2] or ''))
+  end
+  add(usage_total_key(ns), 'spec:' .. (j[1] or ''))
   if retention_days > 0 then
     redis.call('EXPIREAT', uk, math.floor(day_start / 1000) + (retention_days + 1) * 86400)
   end
@@ -1228,7 +1233,7 @@ ARGV: ns, retention_s (0 = keep records), sinks (JSON list of sink names, [] for
 Keys: outbox, job:<id> of each entry, stats, events, sinks, sinkbox:<sink> of each sink named,
       usage:<day> of the UTC days around the caller's clock (yesterday, today, tomorrow: where a
       job that finished moments ago is metered; an entry recorded days late meters into its own
-      finish day's hash, found at run time); publishes on done.
+      finish day's hash, found at run time), usage:total; publishes on done.
 Reply: JSON list, per entry in order: [status after the call ('' = no such job), changed (bool)]
 Invariant: compare-and-set per entry, so a batch run twice (a re-pumped batch, rq retrying a task)
 changes nothing the second time: completed -> processed for that attempt (event, counter, done

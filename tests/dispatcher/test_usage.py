@@ -13,11 +13,10 @@ from dispatcher.usage import (
     DEFAULT_SPAN_DAYS,
     MAX_SPAN_DAYS,
     UsageQuery,
-    declared_days,
     usage_plan,
     usage_report,
-    utc_today,
 )
+from dispatcher.usage_days import declared_days, utc_today
 
 TODAY = dt.date(2026, 12, 2)
 

@@ -21,7 +21,7 @@ from dispatcher.errors import ConfigError
 from dispatcher.keys import Keys
 from dispatcher.results import PumpConfig, pump_once
 from dispatcher.settings import Settings
-from dispatcher.usage import utc_today
+from dispatcher.usage_days import utc_today
 from tests.jobflow import SPEC, FakePod
 from worker_bridge.tasks import WriterContext, process_batch, process_result
 
