@@ -184,7 +184,8 @@ def test_runner_add_json_shape_and_stored_digest(
     cli: Cli, rclient: redis.Redis, keys: Keys
 ) -> None:
     added = cli.json("runner", "add", "r1", "--spec", "linux", "--spec", "mac", "--json")
-    assert set(added) == {"name", "token", "specs"}
+    assert set(added) == {"name", "token", "specs", "ephemeral"}
+    assert added["ephemeral"] is False
     assert (added["name"], added["specs"]) == ("r1", ["linux", "mac"])
     assert len(added["token"]) >= 40
     assert rclient.hget(keys.runner("r1"), "token_hash") == token_hash(added["token"])
