@@ -169,6 +169,37 @@ def test_a_completion_replacing_a_lease_failure_adds_time_but_no_second_job(
     assert sum(usage(rclient, keys, d).get(f"ms:spec:{SPEC}", 0) for d in days) == final_ms
 
 
+def test_a_job_of_a_concurrency_group_is_metered_under_its_group(
+    rclient: redis.Redis, raw: redis.Redis, keys: Keys
+) -> None:
+    call = functions.submit(keys, "", SPEC, "{}", 0, 60, 1, group="org-42")
+    job_id = functions.run_sync(rclient, call)
+    taken, attempt = FakePod(rclient, keys, runner="r3").run_next()
+    assert taken == job_id
+    process_result(keys.namespace, job_id, attempt, connection=raw, ctx=CTX)
+    ms, day = running_ms(rclient, keys, job_id)
+    assert usage(rclient, keys, day)["ms:group:org-42"] == ms
+    assert usage(rclient, keys, day)["jobs:group:org-42"] == 1
+
+
+def test_a_retried_job_is_metered_once_for_its_final_attempt(
+    rclient: redis.Redis, raw: redis.Redis, keys: Keys
+) -> None:
+    call = functions.submit(keys, "", SPEC, "{}", 0, 60, 1, retries=1)
+    job_id = functions.run_sync(rclient, call)
+    pod = FakePod(rclient, keys)
+    first = pod.take()
+    pod.finish(*first, status="failed", error="boom")  # the runner's failure: queued again
+    assert rclient.zcard(keys.outbox) == 0  # a retried attempt is no result
+    second = pod.take()
+    assert second == (job_id, first[1] + 1)
+    pod.finish(*second)
+    process_result(keys.namespace, job_id, second[1], connection=raw, ctx=CTX)
+    ms, day = running_ms(rclient, keys, job_id)  # the final attempt's started and finished
+    assert usage(rclient, keys, day)[f"jobs:spec:{SPEC}"] == 1
+    assert usage(rclient, keys, day)[f"ms:spec:{SPEC}"] == ms
+
+
 # The day is the UTC date of `finished`, computed in Lua (no os.date there): pinned against
 # Python's calendar on the edges that break date arithmetic.
 EDGES = [
