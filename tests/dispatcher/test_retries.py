@@ -317,3 +317,25 @@ def test_an_idempotent_submit_compares_the_retry_options(settings, rclient, keys
             client.submit(SPEC, CMD, job_id=job_id, retries=3, retry_delay=1.5)
         with pytest.raises(InvalidInput, match="different content"):
             client.submit(SPEC, CMD, job_id=job_id, retries=2)
+
+
+async def test_a_late_completed_replaces_the_lease_failure_in_the_history(
+    launch, settings, rclient, keys, client
+):
+    """Rule 4's exception: the runner's `completed` replaces the server's lease-expiry failure of
+    the same attempt; the history keeps one entry for that attempt, the runner's outcome."""
+    pod = await launch(fast(settings, lease_timeout=0.5))
+    runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    job_id = client.submit(SPEC, CMD, retries=2, max_attempts=1)
+    job = await take_job(runner)
+    await start_job(runner, job)
+    # no heartbeat: the lease runs out and the server fails the job (no retry: not the runner's)
+    cancel = await runner.expect("cancel", timeout=10)
+    assert cancel["reason"] == "lease_lost"
+    failed = client.get(job_id)
+    assert (failed["status"], failed["retries_used"]) == ("failed", 0)
+    assert brief(failed["attempts"]) == [(1, "r1", "failed", None, "lease expired", False)]
+    await complete(runner, job)
+    record = client.get(job_id)
+    assert (record["status"], record["exit_code"]) == ("completed", 0)
+    assert brief(record["attempts"]) == [(1, "r1", "completed", 0, None, False)]
