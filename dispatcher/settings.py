@@ -48,6 +48,8 @@ class Settings:
     ws_compression: bool = False
     # what one job's live log may store (protocol 1.1 `log`); past it chunks are dropped, counted
     log_max_bytes: int = 16 * 1024 * 1024
+    # bytes/s of `log` data one connection may send before the pod reads it more slowly (0: any)
+    log_rate: int = 2 * 1024 * 1024
     # -- results path (outbox -> rq batches -> writers -> sinks)
     result_batch_size: int = 256
     outbox_visibility: float = 10.0
@@ -116,8 +118,8 @@ class Settings:
             raise ConfigError("usage_retention_days must be >= 0 (0 = kept)")
         if self.max_message_bytes < 1024:
             raise ConfigError("max_message_bytes must be >= 1024")
-        if self.log_max_bytes < 0:
-            raise ConfigError("log_max_bytes must be >= 0")
+        if self.log_max_bytes < 0 or self.log_rate < 0:
+            raise ConfigError("log_max_bytes and log_rate must be >= 0")
         if self.connect_rate < 1:
             raise ConfigError("connect_rate must be >= 1")
         if self.wake not in ("pubsub", "poll"):

@@ -22,7 +22,7 @@ from runner.logstream import LogBatcher
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED = 64  # chunks waiting for the socket (1 MiB at 16 KiB each); more are dropped
+MAX_QUEUED = 1024  # chunks waiting for the socket (16 MiB at 16 KiB, the default server cap)
 CLOSE_TIMEOUT = 5.0  # how long the job's end waits for its last chunks to go out
 
 SendLog = Callable[[Log], Awaitable[None]]

@@ -7,6 +7,7 @@ a time and handled in order; every job-scoped message goes through a fenced Redi
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -270,24 +271,29 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
 async def on_log(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
     """Store one chunk of live output (protocol 1.1, rules 9-10): fenced like `heartbeat`, never
     answered, the lease untouched; a repeat, a foreign job's chunk or one past the job's limit
-    is dropped (Redis decides; over-long `data` was refused by the decoder with 1007)."""
+    is dropped (Redis decides; over-long `data` was refused by the decoder with 1007). Past
+    DISPATCHER_LOG_RATE the next frame of this connection is read later (``LogBudget``)."""
     assert isinstance(message, messages.Log)
-    if not sock.session.log():
+    if sock.session.log():
+        call = logs.append(
+            pod.keys,
+            sock.runner,
+            message.job,
+            message.attempt,
+            message.seq,
+            message.stream,
+            message.data,
+            pod.settings.log_max_bytes,
+        )
+        result = await functions.run(pod.redis, call)
+        if result != "stored":
+            pod.metrics.fenced_reply("log", result)
+    else:
         pod.metrics.fenced_reply("log", "no_job")
-        return
-    call = logs.append(
-        pod.keys,
-        sock.runner,
-        message.job,
-        message.attempt,
-        message.seq,
-        message.stream,
-        message.data,
-        pod.settings.log_max_bytes,
-    )
-    result = await functions.run(pod.redis, call)
-    if result != "stored":
-        pod.metrics.fenced_reply("log", result)
+    size = len(message.data)  # characters: near enough to bytes for a budget
+    wait = sock.session.log_wait(size, time.monotonic(), pod.settings.log_rate)
+    if wait > 0:  # this connection only: TCP slows the runner down, nothing is dropped
+        await asyncio.sleep(wait)
 
 
 _TERMINAL_EVENT: dict[type, messages.AckOf] = {

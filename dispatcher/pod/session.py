@@ -28,10 +28,11 @@ the runner out (and hands such a job back).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dispatch_protocol import closecodes
 from dispatcher.errors import ProtocolError
+from dispatcher.logs_budget import LogBudget
 from dispatcher.pod.bells import Bell, Offer
 
 
@@ -143,6 +144,8 @@ class Session:
     # runner is still in the idle sets (False once something took it out).
     held_offer: Offer | None = None
     listed: bool = True
+    # how much `log` data this connection may still send before the pod reads it more slowly
+    log_budget: LogBudget = field(default_factory=LogBudget)
 
     # -- the table ------------------------------------------------------------------------------
 
@@ -231,6 +234,11 @@ class Session:
         without a Redis call (rule 9). Never changes the state and is never answered."""
         self.fire(E.LOG)
         return self.state in LOG_STORED_IN
+
+    def log_wait(self, size: int, now: float, rate: float) -> float:
+        """Seconds to wait before reading this connection's next frame, ``size`` bytes of
+        `log` data having come at ``now`` (DISPATCHER_LOG_RATE bytes/s; 0 = no limit)."""
+        return self.log_budget.charge(size, now, rate)
 
     def check_running(self) -> None:
         """`running` is refused (1008) while a poll is open; Redis fences it otherwise."""

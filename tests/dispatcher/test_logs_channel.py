@@ -3,7 +3,9 @@ fenced silently, bad input closed with 1007."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from typing import Any
 
 import pytest
@@ -170,8 +172,6 @@ async def test_a_log_off_the_schema_closes_1007_and_changes_nothing(
 
 
 async def test_past_the_limit_the_pod_drops_chunks_and_notes_it(launch, settings, rclient, keys):
-    import dataclasses
-
     pod = await launch(dataclasses.replace(settings, log_max_bytes=2 * (100 + 64)))
     runner, job = await claimed_job(pod, settings, rclient, keys)
     await start_job(runner, job)
@@ -181,3 +181,17 @@ async def test_past_the_limit_the_pod_drops_chunks_and_notes_it(launch, settings
     log = chunks(rclient, keys, job["job"])
     assert [c[2] for c in log] == ["stdout", "stdout", "note"]
     assert "200 bytes in 2 chunks dropped" in log[-1][3]
+
+
+async def test_past_the_log_rate_the_pod_reads_the_connection_more_slowly_and_drops_nothing(
+    launch, settings, rclient, keys
+):
+    pod = await launch(dataclasses.replace(settings, log_rate=64 * 1024))
+    runner, job = await claimed_job(pod, settings, rclient, keys)
+    await start_job(runner, job)
+    started = time.monotonic()
+    for seq in range(12):  # 192 KiB: 64 KiB at once, the other 128 KiB at 64 KiB/s
+        await send_log(runner, job, seq, "x" * 16 * 1024)
+    await heartbeat_acked(runner, job)
+    assert time.monotonic() - started >= 1.9  # a lower bound only: a busy machine takes longer
+    assert len(chunks(rclient, keys, job["job"])) == 12
