@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import redis
 import redis.asyncio
 
+from dispatcher import redisconn
 from dispatcher.errors import InvalidInput, NotFound
 from dispatcher.keys import LIBRARY_NAME, Keys
 from dispatcher.usage_days import DEFAULT_RETENTION_DAYS, declared_days, utc_today
@@ -405,9 +406,10 @@ async def run_then(
 ) -> tuple[T, Any]:
     """Run ``call`` and then ``command`` on the same connection (a pipeline): for WAIT/WAITAOF,
     which count the writes of their own connection. The command's error is returned, not
-    raised."""
+    raised. On a cluster both go to the node serving the call's keys (``same_node``)."""
+    node = await redisconn.same_node(client, call.keys[0]) if call.keys else client
     for attempt in (1, 2):
-        async with client.pipeline(transaction=False) as pipe:
+        async with node.pipeline(transaction=False) as pipe:
             pipe.fcall(call.name, len(call.keys), *call.keys_and_args)
             pipe.execute_command(*command)
             reply, after = await pipe.execute(raise_on_error=False)

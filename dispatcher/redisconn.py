@@ -18,6 +18,7 @@ doorbell probe finds a subscription that died silently.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, cast
 
 import redis
@@ -198,6 +199,31 @@ async def async_pubsub(client: redis.asyncio.Redis, channel: str) -> redis.async
         )
         return redis.asyncio.Redis(connection_pool=pool).pubsub()
     return client.pubsub()
+
+
+_NODE_CLIENTS: weakref.WeakKeyDictionary[Any, dict[str, redis.asyncio.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def same_node(client: redis.asyncio.Redis, key: str) -> redis.asyncio.Redis:
+    """A client whose pipeline runs on one connection of the server holding ``key``: ``client``
+    itself, or on a cluster a plain client of the node serving the key's slot now (one per node,
+    kept for the cluster client's life). For WAIT/WAITAOF after a write, which count the writes
+    of their own connection: a cluster pipeline sends the keyless WAIT to its default node."""
+    if not isinstance(client, redis.asyncio.RedisCluster):
+        return client
+    await client.initialize()
+    node = client.get_node_from_key(key)
+    if node is None:
+        raise redis.ConnectionError(f"no node serves the slot of {key}")
+    clients = _NODE_CLIENTS.setdefault(client, {})
+    if node.name not in clients:
+        pool = redis.asyncio.ConnectionPool(
+            connection_class=node.connection_class, **node.connection_kwargs
+        )
+        clients[node.name] = redis.asyncio.Redis(connection_pool=pool)
+    return clients[node.name]
 
 
 def sync_pubsub(client: redis.Redis, channel: str) -> redis.client.PubSub:

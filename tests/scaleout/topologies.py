@@ -195,7 +195,16 @@ def start_cluster_failover(
 ) -> Topology:
     """3 primaries; ``replicas`` replicas of the one serving ``tag``'s slot; a standalone server
     for rq. ``cluster-node-timeout`` is short, so a dead primary is failed over in seconds."""
-    options = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS))
+    # no replica migration: with its default (cluster-migration-barrier 1) a failover can move
+    # the shard's second replica to a primary without any, leaving the new primary none
+    options = (
+        "--cluster-enabled",
+        "yes",
+        "--cluster-node-timeout",
+        str(CLUSTER_NODE_TIMEOUT_MS),
+        "--cluster-allow-replica-migration",
+        "no",
+    )
     procs: Procs = {}
     ports = [_server(servers, procs, f"node{i}", flavour, *options) for i in range(3)]
     subprocess.run(
