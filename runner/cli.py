@@ -98,7 +98,8 @@ or in use, a job user that cannot reach the work directory, a previous job's pro
 survive SIGKILL), 2 for bad arguments (--job-user when not root, or an unknown user), 3 when the
 dispatcher kept refusing the token. With --once: 0 once the one job's result is acknowledged
 (whatever the job's exit code), 4 when that job could not run (no exit code: bad payload, command
-not found, or stopped by a cancel, its timeout or a drain).
+not found, or stopped by a cancel, its timeout or a drain), 3 at the first token refusal after
+that job (an ephemeral registration the server ended before the result could be delivered).
 
 one-shot runners: --once with a runner added by `dispatcher runner add NAME --ephemeral` (whose
 token stops working when its first job ends) for a VM or pod started per job.

@@ -30,7 +30,9 @@ With nothing in progress it exits at once. A second request exits at once with s
 keeps whatever was not delivered.
 
 One job (``MachineConfig.once``, ``dispatch-runner --once``): once the result of the first job
-received is acknowledged, the channel is closed and the machine exits with ``once_exit_code``.
+received is acknowledged, the channel is closed and the machine exits with ``once_exit_code``. A
+token refused after that job ended (an ephemeral registration the server ended, e.g. by a cancel
+that closed the channel before the result could be sent) exits 3 at once.
 """
 
 from __future__ import annotations
@@ -265,6 +267,11 @@ class RunnerMachine:
                 event.error,
                 self._auth_failures,
             )
+            if self._state is S.DISCONNECTED and self._once_code is not None:
+                # --once, its job done: the registration ended with it (an ephemeral runner), so
+                # the result cannot be delivered any more (the server has the attempt's outcome)
+                log.error("token refused after the one job: the registration has ended")
+                return self._exit(EXIT_TOKEN_REFUSED)
             if self._state is S.DISCONNECTED and self._auth_failures >= self._cfg.max_auth_failures:
                 log.error("giving up after %d token refusals", self._auth_failures)
                 return self._exit(EXIT_TOKEN_REFUSED)

@@ -175,3 +175,16 @@ async def test_once_and_retries_a_fresh_ephemeral_runner_per_attempt(
     history = [(a["attempt"], a["runner"], a["status"], a["exit_code"]) for a in record["attempts"]]
     assert history == [(1, "vm-1", "failed", 5), (2, "vm-2", "completed", 0)]
     assert client.runners() == []
+
+
+async def test_once_ephemeral_canceled_mid_job_exits_without_lingering(launch, client) -> None:
+    """The producer cancels: the pod pushes `cancel`, the registration ends (4001); the agent
+    stops the job and, its token refused, exits 3 at once instead of retrying for minutes."""
+    token = client.add_runner("vm-1", [SPEC], ephemeral=True)
+    job_id = client.submit(SPEC, {"command": ["sleep", "60"]})
+    proc = await launch("vm-1", token)
+    await eventually(lambda: client.get(job_id)["status"] == "running", what="the job running")
+    assert client.cancel(job_id) is True
+    assert await asyncio.wait_for(proc.wait(), 30) == 3
+    assert client.get(job_id)["status"] == "canceled"
+    assert client.runners() == []

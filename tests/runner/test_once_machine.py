@@ -8,10 +8,20 @@ from __future__ import annotations
 import dataclasses
 
 from dispatch_protocol.messages import Canceled, Completed, Failed
-from runner.events import Close, Connect, Connected, DropPersisted, Exit, JobFinished, JobOutcome
-from runner.machine import EXIT_ONCE_NOT_RUN, once_exit_code
+from runner.events import (
+    Close,
+    Connect,
+    Connected,
+    ConnectionLost,
+    DropPersisted,
+    Exit,
+    JobFinished,
+    JobOutcome,
+)
+from runner.machine import EXIT_ONCE_NOT_RUN, EXIT_TOKEN_REFUSED, once_exit_code
 from runner.states import State
 from tests.runner.runner_machine_helpers import (
+    AUTH,
     BROKEN,
     CONFIG,
     GOT_JOB,
@@ -114,3 +124,22 @@ def test_exit_code_of_each_terminal_message() -> None:
     assert once_exit_code(Failed(job=J1, attempt=1, error="exit code 3", exit_code=3)) == 0
     assert once_exit_code(Failed(job=J1, attempt=1, error="bad payload")) == EXIT_ONCE_NOT_RUN
     assert once_exit_code(Canceled(job=J1, attempt=1)) == EXIT_ONCE_NOT_RUN
+
+
+def test_once_exits_at_the_first_token_refusal_after_its_job() -> None:
+    """An ephemeral registration ended by the server (a cancel, then 4001): the result cannot be
+    delivered any more, so the agent does not wait through ``max_auth_failures`` refusals."""
+    machine = _executing_once()
+    machine.handle(cancel(), 2.0)
+    machine.handle(ConnectionLost(code=4001, reason="runner token revoked"), 2.1)
+    machine.handle(JobFinished(JobOutcome(error="killed")), 2.2)
+    assert machine.state is State.DISCONNECTED and machine.held is not None
+    assert machine.handle(TICK, 3.3) == [Connect()]
+    assert machine.handle(AUTH, 3.4) == [Exit(EXIT_TOKEN_REFUSED)]
+
+
+def test_once_before_its_job_keeps_the_usual_refusal_budget() -> None:
+    machine = make_machine(config=ONCE)
+    machine.start()
+    assert machine.handle(AUTH, 0.0) == []  # CONFIG allows 3 refusals in a row
+    assert machine.state is State.DISCONNECTED
