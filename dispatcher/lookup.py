@@ -3,8 +3,9 @@
 Nothing here writes to Redis, and nothing here needs an index of its own: every answer comes from
 keys the functions keep anyway (see docs/redis-schema.md, "Finding jobs"):
 
-- every **pending** job is in its spec's queue ``{ns}:pending:{spec}`` (the member carries the
-  submission sequence number, so queues give the age order without reading a record);
+- every **pending** job is in its spec's queue ``{ns}:pending:{spec}`` or, when it names a
+  concurrency group, in its group's queue ``{ns}:group:{group}:pending:{spec}`` (the member
+  carries the submission sequence number, so queues give the age order without reading a record);
 - every **claimed or running** job is in ``{ns}:leases``;
 - a **final** job (completed, processed, failed, canceled) is found through the event stream
   ``{ns}:events``, which is capped (about 10,000 entries, a few per job): the recent ones only.
@@ -78,12 +79,20 @@ class AmbiguousJobId(InvalidInput):
 # -- plans ------------------------------------------------------------------------------------
 
 
+def _queues(keys: Keys, specs: Sequence[str], groups: Sequence[Any]) -> list[str]:
+    """Every pending queue of ``specs``: the specs' own and each group's of each spec."""
+    names = sorted(map(text, groups))
+    return [keys.pending(s) for s in specs] + [
+        keys.group_pending(g, s) for g in names for s in specs
+    ]
+
+
 def _recent_sources(
-    keys: Keys, specs: Sequence[str], *, pending: bool, leases: bool, stream: bool
+    keys: Keys, queues: Sequence[str], *, pending: bool, leases: bool, stream: bool
 ) -> Batch:
     commands: list[Command] = []
     if pending:
-        commands += [("ZRANGE", keys.pending(spec), 0, -1) for spec in specs]
+        commands += [("ZRANGE", queue, 0, -1) for queue in queues]
     if leases:
         commands.append(("ZRANGE", keys.leases, 0, -1))
     if stream:
@@ -126,10 +135,10 @@ def resolve_plan(keys: Keys, prefix: str) -> Plan:
     if not PREFIX_RE.match(prefix):
         raise NotFound(f"no such job: {prefix}")
     wanted = prefix.lower()
-    (specs,) = yield Batch([("SMEMBERS", keys.specs)])
-    specs = sorted(map(text, specs))
-    replies = yield _recent_sources(keys, specs, pending=True, leases=True, stream=True)
-    pending, others = _split_sources(replies, len(specs), leases=True, stream=True)
+    specs, groups = yield Batch([("SMEMBERS", keys.specs), ("SMEMBERS", keys.groups)])
+    queues = _queues(keys, sorted(map(text, specs)), groups)
+    replies = yield _recent_sources(keys, queues, pending=True, leases=True, stream=True)
+    pending, others = _split_sources(replies, len(queues), leases=True, stream=True)
     candidates = sorted(
         {job_id for job_id in [*pending, *others] if job_id.lower().startswith(wanted)}
     )
@@ -185,18 +194,16 @@ def jobs_plan(
     want_pending = status in (None, "pending") and not runner
     want_leases = status is None or status in IN_FLIGHT
     want_stream = status is None or status in FINAL
-    specs: list[str] = []
+    queues: list[str] = []
     if want_pending:
-        if spec is not None:
-            specs = [spec]
-        else:
-            (raw_specs,) = yield Batch([("SMEMBERS", keys.specs)])
-            specs = sorted(map(text, raw_specs))
+        raw_specs, groups = yield Batch([("SMEMBERS", keys.specs), ("SMEMBERS", keys.groups)])
+        specs = [spec] if spec is not None else sorted(map(text, raw_specs))
+        queues = _queues(keys, specs, groups)
     sources = _recent_sources(
-        keys, specs, pending=want_pending, leases=want_leases, stream=want_stream
+        keys, queues, pending=want_pending, leases=want_leases, stream=want_stream
     )
     replies = yield sources
-    pending, others = _split_sources(replies, len(specs), leases=want_leases, stream=want_stream)
+    pending, others = _split_sources(replies, len(queues), leases=want_leases, stream=want_stream)
     # records of the jobs not in a queue (their sequence numbers are in the records): bounded by
     # the leases (about one per runner) and the stream's cap
     rows = yield Batch([("HMGET", keys.job(job_id), *LIST_FIELDS) for job_id in others])

@@ -45,6 +45,8 @@ class Settings:
     job_retention: float = 7 * 24 * 3600
     usage_retention_days: int = 400  # per-day usage hashes (dispatcher.usage); 0 = kept
     linger: float = 5.0
+    # the limit of a concurrency group that has none of its own (dispatcher.groups); 0 = unlimited
+    group_default_limit: int = 0
     ws_compression: bool = False
     # what one job's live log may store (protocol 1.1 `log`); past it chunks are dropped, counted
     log_max_bytes: int = 16 * 1024 * 1024
@@ -114,6 +116,8 @@ class Settings:
             raise ConfigError("pod_ttl must be at least 3 x reconcile_interval")
         if self.timeout_grace < 0 or self.job_retention < 0 or self.linger < 0:
             raise ConfigError("timeout_grace, job_retention and linger must be >= 0")
+        if self.group_default_limit < 0:
+            raise ConfigError("group_default_limit must be >= 0 (0 = unlimited)")
         if self.usage_retention_days < 0:
             raise ConfigError("usage_retention_days must be >= 0 (0 = kept)")
         if self.max_message_bytes < 1024:

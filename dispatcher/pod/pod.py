@@ -107,6 +107,7 @@ class Pod:
             "start_timeout": self.settings.start_timeout,
             "lease_timeout": self.settings.lease_timeout,
             "timeout_grace": self.settings.timeout_grace,
+            "group_default_limit": self.settings.group_default_limit,
         }
         await self.redis.hset(self.keys.config, mapping=cfg)  # type: ignore[arg-type]
         await self.redis.set(self.keys.schema, 1, nx=True)

@@ -7,8 +7,10 @@ import pytest
 
 from dispatcher import functions as fn
 from dispatcher import groups
-from dispatcher.errors import InvalidInput
+from dispatcher.client import Client
+from dispatcher.errors import ConfigError, InvalidInput
 from dispatcher.keys import Keys
+from dispatcher.settings import Settings
 from tests.dispatcher.groupkit import (
     RClient,
     connect,
@@ -243,3 +245,21 @@ def test_python_checks_name_the_argument() -> None:
         groups.check_limit(True)
     with pytest.raises(ValueError, match="limit must be from 0"):
         groups.check_limit(-1)
+
+
+def test_a_negative_default_limit_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="group_default_limit"):
+        Settings.from_env({"DISPATCHER_GROUP_DEFAULT_LIMIT": "-1"})
+    assert Settings.from_env({"DISPATCHER_GROUP_DEFAULT_LIMIT": "5"}).group_default_limit == 5
+
+
+def test_jobs_waiting_for_their_group_are_listed_as_pending(
+    settings: Settings, rclient: RClient, keys: Keys, idle4: dict[str, int]
+) -> None:
+    set_limit(rclient, keys, "org", 1)
+    jobs = [submit(rclient, keys, "org") for _ in range(3)]
+    with Client(settings) as client:
+        listed = {j["id"]: j["status"] for j in client.jobs(limit=10)}
+        assert listed == {jobs[0]: "claimed", jobs[1]: "pending", jobs[2]: "pending"}
+        assert [j["id"] for j in client.jobs(status="pending", spec="linux")] == jobs[:0:-1]
+        assert client.resolve(jobs[2][:8]) == jobs[2]
