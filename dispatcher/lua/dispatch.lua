@@ -1199,30 +1199,42 @@ local function utc_day(ms)
 end
 
 -- Add a final job's running time (finished - started of its final attempt; 0 when that attempt
--- never started) to the usage hash of the UTC day it finished, under its spec, group and runner
--- ('' when none), and count the job there once. The record's `metered_ms` keeps what was added:
--- a later record of the same job (a `completed` that replaced a lease-expiry failure of the same
--- attempt) adds only the difference and no second job. The day's hash lives `retention_days`
--- after the day ends (0 = kept). The same figures by spec also go to the never-expiring totals
--- (`usage:total`, Prometheus counters of the metrics exporter).
-local function meter_usage(ns, jk, retention_days)
-  local j = redis.call('HMGET', jk, 'spec', 'group', 'runner', 'started', 'finished', 'metered_ms')
+-- never started) to `sums`, the usage of this record call: under its spec, group and runner ('' when
+-- none) in the hash of the UTC day it finished, and under its spec in the totals; the job counts
+-- once. Only a lease-expiry failure can be recorded again (a `completed` of the same attempt may
+-- replace it), so only its record keeps what it added (`metered_ms`): the later record adds the
+-- difference and no second job.
+local function meter_usage(ns, jk, sums)
+  local j = redis.call('HMGET', jk, 'spec', 'group', 'runner', 'started', 'finished', 'metered_ms',
+                       'status', 'failed_by')
   local finished, started, before = tonumber(j[5]) or now_ms(), tonumber(j[4]), tonumber(j[6])
   local ms = started and math.max(0, finished - started) or 0
   if before == ms then return end
-  redis.call('HSET', jk, 'metered_ms', string.format('%d', ms))
+  if j[7] == 'failed' and j[8] == 'lease' then
+    redis.call('HSET', jk, 'metered_ms', string.format('%d', ms))
+  end
   local day, day_start = utc_day(finished)
-  local uk = usage_key(ns, day)
-  local function add(k, name)
-    redis.call('HINCRBY', k, 'ms:' .. name, ms - (before or 0))
-    if not before then redis.call('HINCRBY', k, 'jobs:' .. name, 1) end
+  local function add(k, name, start)
+    local into = sums[k] or {fields = {}, day_start = start}
+    sums[k] = into
+    into.fields['ms:' .. name] = (into.fields['ms:' .. name] or 0) + ms - (before or 0)
+    if not before then into.fields['jobs:' .. name] = (into.fields['jobs:' .. name] or 0) + 1 end
   end
   for _, by in ipairs({{'spec', j[1]}, {'group', j[2]}, {'runner', j[3]}}) do
-    add(uk, by[1] .. ':' .. (by[2] or ''))
+    add(usage_key(ns, day), by[1] .. ':' .. (by[2] or ''), day_start)
   end
-  add(usage_total_key(ns), 'spec:' .. (j[1] or ''))
-  if retention_days > 0 then
-    redis.call('EXPIREAT', uk, math.floor(day_start / 1000) + (retention_days + 1) * 86400)
+  add(usage_total_key(ns), 'spec:' .. (j[1] or ''), nil)
+end
+
+-- Write the usage summed by meter_usage: one HINCRBY per field, so a batch of jobs of a few specs,
+-- groups and runners costs a few dozen commands, not ten per job. Each day's hash lives
+-- `retention_days` after its day ends (0 = kept); the totals never expire.
+local function flush_usage(sums, retention_days)
+  for k, into in pairs(sums) do
+    for field, n in pairs(into.fields) do redis.call('HINCRBY', k, field, n) end
+    if into.day_start and retention_days > 0 then
+      redis.call('EXPIREAT', k, math.floor(into.day_start / 1000) + (retention_days + 1) * 86400)
+    end
   end
 end
 
@@ -1250,7 +1262,7 @@ local function record(keys, args)
     return fail('invalid usage retention: whole days >= 0')
   end
   local now = now_ms()
-  local out = {}
+  local out, usage = {}, {}
   for i = 5, #args do
     local entry = args[i]
     local id, attempt = split_entry(entry)
@@ -1270,7 +1282,7 @@ local function record(keys, args)
         emit(ns, now, 'recorded', id, {attempt = attempt, status = status})
       end
       if changed then
-        meter_usage(ns, jk, usage_days)
+        meter_usage(ns, jk, usage)
         if retention > 0 then redis.call('EXPIRE', jk, retention) end
         if retention > 0 then redis.call('EXPIRE', log_key(ns, id), retention) end
         for _, sink in ipairs(sinks) do
@@ -1282,6 +1294,7 @@ local function record(keys, args)
     redis.call('ZREM', outbox_key(ns), entry)
     out[#out + 1] = {status, changed}
   end
+  flush_usage(usage, usage_days)
   return cjson.encode(out)
 end
 
