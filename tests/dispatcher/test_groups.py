@@ -7,7 +7,7 @@ import pytest
 
 from dispatcher import functions as fn
 from dispatcher import groups
-from dispatcher.client import Client
+from dispatcher.client import AsyncClient, Client
 from dispatcher.errors import ConfigError, InvalidInput
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
@@ -263,3 +263,33 @@ def test_jobs_waiting_for_their_group_are_listed_as_pending(
         assert listed == {jobs[0]: "claimed", jobs[1]: "pending", jobs[2]: "pending"}
         assert [j["id"] for j in client.jobs(status="pending", spec="linux")] == jobs[:0:-1]
         assert client.resolve(jobs[2][:8]) == jobs[2]
+
+
+def test_a_job_waiting_for_a_delayed_retry_holds_no_slot(
+    rclient: RClient, keys: Keys, idle4: dict[str, int]
+) -> None:
+    set_limit(rclient, keys, "org", 1)
+    a = run(rclient, fn.submit(keys, "", "linux", "{}", 0, 3600, 1, 1, 600, group="org"))
+    b = submit(rclient, keys, "org")
+    finish(rclient, keys, runner_of(rclient, keys, a), a, "failed")  # retried in 600 s
+    assert rclient.hget(keys.job(a), "retry_at")
+    assert status(rclient, keys, b) == "claimed"  # the slot went on at once
+    assert rclient.smembers(keys.group_inflight("org")) == {b}
+
+
+async def test_the_async_client_sets_limits_lists_groups_and_pauses(
+    settings: Settings, rclient: RClient, keys: Keys
+) -> None:
+    live_pod(rclient, keys)
+    conn = connect(rclient, keys, "r0")
+    ready(rclient, keys, "r0", conn)
+    client = AsyncClient(settings)
+    try:
+        assert (await client.set_group_limit("org", 1))["limit"] == 1
+        assert (await client.pause_runner("r0"))["paused"] is True
+        job = await client.submit("linux", {"command": ["true"]}, group="org")
+        assert [(g["group"], g["pending"]) for g in await client.groups()] == [("org", 1)]
+        assert (await client.resume_runner("r0"))["job"] == job
+        assert [(g["group"], g["inflight"]) for g in await client.groups()] == [("org", 1)]
+    finally:
+        await client.close()
