@@ -149,3 +149,21 @@ async def test_pause_and_resume_reach_a_runner_waiting_on_another_pod(
     offered = await runner.expect("job", timeout=BOUND)
     assert offered["job"] == job and time.monotonic() - started < BOUND
     await start_job(runner, offered)
+
+
+async def test_a_lingering_runner_is_paused_and_resumed_too(
+    launch, settings: Settings, rclient: RClient, keys: Keys
+) -> None:
+    pod = await launch(dataclasses.replace(settings, linger=30, reconcile_interval=30, pod_ttl=90))
+    runner = await ws_connect(pod, "r0", add_runner(settings, "r0", ["linux"]))
+    await ready_and_waiting(runner, rclient, keys, poll_timeout=1)
+    await runner.expect("no_job", timeout=BOUND)  # lingering: still in the idle sets
+    assert rclient.zscore(keys.idle("linux"), "r0") is not None
+    with Client(settings) as client:
+        client.pause_runner("r0")
+        assert rclient.zscore(keys.idle("linux"), "r0") is None
+        job = client.submit("linux", {"command": ["true"]})
+        assert client.get(job)["status"] == "pending"
+        assert client.resume_runner("r0")["job"] == job
+    await runner.send("ready", poll_timeout=30)  # the job held for it is the answer
+    assert (await runner.expect("job", timeout=BOUND))["job"] == job
