@@ -154,10 +154,24 @@ class Pod:
             self._rq_redis.close()
 
     def spawn(self, coro: Any) -> None:
-        """Run ``coro`` in the background, keeping a reference until it ends."""
+        """Run ``coro`` in the background, keeping a reference until it ends; its failure is
+        logged here (a Redis error only costs latency: the next tick observes again)."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, (redis.RedisError, OSError)):
+            self.metrics.redis_errors.labels("background").inc()
+            log.warning("pod %s: background call failed (%s); the next tick retries", self.id, exc)
+        else:
+            log.error("pod %s: background task failed", self.id, exc_info=exc)
 
     async def ready(self) -> bool:
         """Redis answers and (in pub/sub mode) the doorbell subscription is live."""

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 
 import pytest
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from rq import Queue
 
 from dispatcher import functions
@@ -144,3 +148,27 @@ async def test_permessage_deflate_follows_the_setting(launch, settings, rclient,
     assert bool(runner.ws.protocol.extensions) is compression
     job_id = submit(rclient, keys)
     assert (await take_job(runner))["job"] == job_id
+
+
+async def test_a_background_call_that_loses_redis_is_logged_and_counted_not_left_unretrieved(
+    pod, caplog
+):
+    """A bell's send-and-observe or an inbox observe runs as a background task: a Redis error
+    there (a failover, a restart) is a warning and a count, and the tick retries; it never
+    surfaces as asyncio's "Task exception was never retrieved"."""
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    no_retry = Retry(NoBackoff(), 0)
+    dead = redis.asyncio.Redis(port=dead_port, socket_connect_timeout=1, retry=no_retry)
+    errors = pod.server.pod.metrics.redis_errors.labels("background")
+    before = errors._value.get()
+    pod.server.pod.spawn(dead.ping())
+    await eventually(
+        lambda: errors._value.get() == before + 1, timeout=30, what="the error counted"
+    )
+    await dead.aclose()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("background call failed" in m for m in messages), messages
+    assert not any("never retrieved" in m for m in messages), messages
+    assert not pod.server.pod._background
