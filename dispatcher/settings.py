@@ -51,7 +51,7 @@ class Settings:
     # what one job's live log may store (protocol 1.1 `log`); past it chunks are dropped, counted
     log_max_bytes: int = 16 * 1024 * 1024
     # bytes/s of `log` data one connection may send before the pod reads it more slowly (0: any)
-    log_rate: int = 2 * 1024 * 1024
+    log_rate: int = 1024 * 1024
     # -- results path (outbox -> rq batches -> writers -> sinks)
     result_batch_size: int = 256
     outbox_visibility: float = 10.0
