@@ -25,6 +25,7 @@ from dispatch_protocol.messages import (
     Completed,
     Heartbeat,
     Job,
+    Log,
     Ready,
     RunnerMessage,
     Running,
@@ -59,10 +60,10 @@ async def send(ws: ServerConnection, message: ServerMessage) -> None:
 
 
 async def recv(ws: ServerConnection) -> RunnerMessage:
-    """The next runner message that is not a heartbeat (heartbeats come at any time)."""
+    """The next runner message that is not a heartbeat or a `log` (those come at any time)."""
     while True:
         message = decode_runner_message(await asyncio.wait_for(ws.recv(), 10))
-        if not isinstance(message, Heartbeat):
+        if not isinstance(message, Heartbeat | Log):
             return message
 
 
