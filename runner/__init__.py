@@ -9,6 +9,7 @@ Layout (one concept per module):
 - ``backoff``: pure reconnect back-off with jitter;
 - ``failover``: which of several dispatcher URLs to try next, and the delay before it (pure);
 - ``executor``: runs one job as a subprocess (process group, timeout, cancel, output caps);
+- ``logstream``/``logsend``: the job's live output as `log` chunks (pure batcher; the sender);
 - ``spool``: the on-disk result spool and current-job record under ``--state-dir``;
 - ``procgroup``: a job's recorded process group, and ending it after the agent died;
 - ``jobuser``: ``--job-user`` (running jobs as another user) and the work directory it must reach;
