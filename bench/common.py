@@ -100,3 +100,18 @@ def say(event: str, **fields: Any) -> None:
     """One line on stdout for the harness."""
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
+
+
+def recorded_args(args: Any) -> dict[str, Any]:
+    """A run's command-line options as the results JSON keeps them: paths relative to the
+    current directory when they lie under it (a results file names no path of the machine)."""
+    out: dict[str, Any] = {}
+    for name, value in vars(args).items():
+        if isinstance(value, Path):
+            try:
+                value = value.resolve().relative_to(Path.cwd().resolve())
+            except ValueError:
+                value = Path(value.name)
+            value = str(value)
+        out[name] = value
+    return out

@@ -118,7 +118,7 @@ async def bench(args: argparse.Namespace, work_dir: Path, procs: Procs) -> dict[
             latencies[kind] += await phase(h, kind, args, n)
     end_to_end = {kind: {"latency_ms": metrics.summary_ms(v)} for kind, v in latencies.items()}
     await client.aclose()
-    return {"args": vars(args), "work_per_call": work, "end_to_end": end_to_end}
+    return {"args": common.recorded_args(args), "work_per_call": work, "end_to_end": end_to_end}
 
 
 def ratios(data: dict[str, Any]) -> dict[str, Any]:

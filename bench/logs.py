@@ -191,7 +191,7 @@ def report(
     quiet, loud = summary["quiet"], summary[NOISY]
     ratios = {q: round(loud[q] / quiet[q], 3) for q in ("p50", "p99") if quiet.get(q)}
     return {
-        "args": vars(args),
+        "args": common.recorded_args(args),
         "latency_ms": summary,
         "ratio_noisy_over_quiet": ratios,
         "per_window_kind": per_kind,
