@@ -159,7 +159,16 @@ def runner_pause(keys: Keys, name: str, paused: bool) -> Call[dict[str, Any]]:
 
 
 def cancel(keys: Keys, job_id: str, reason: str = "canceled") -> Call[bool]:
-    declared = (keys.job(job_id), keys.leases, keys.outbox, keys.stats, keys.events, keys.delayed)
+    # runners: canceling an ephemeral runner's attempt retires it
+    declared = (
+        keys.job(job_id),
+        keys.leases,
+        keys.outbox,
+        keys.stats,
+        keys.events,
+        keys.delayed,
+        keys.runners,
+    )
     return Call(_fn("cancel"), declared, (keys.namespace, job_id, reason), lambda r: bool(int(r)))
 
 
@@ -227,7 +236,8 @@ def record(
     """Record a batch of outbox entries; per entry (status afterwards, whether this call changed
     it). ``usage_days``: the usage hashes to declare (default: ``declared_days`` of today,
     UTC, on this machine's clock)."""
-    jobs = dict.fromkeys(keys.job(entry.rpartition(":")[0] or entry) for entry in entries)
+    ids = dict.fromkeys(entry.rpartition(":")[0] or entry for entry in entries)
+    jobs = (*(keys.job(job_id) for job_id in ids), *(keys.log(job_id) for job_id in ids))
     if usage_days is None:
         usage_days = declared_days(utc_today())
     declared = (
@@ -275,7 +285,16 @@ def ready(
     keys: Keys, runner: str, conn: int, info: str, mode: str = "wait"
 ) -> Call[dict[str, Any]]:
     """``mode`` 'wait' enters the idle sets when nothing is pending; 'try' only looks."""
-    declared = (keys.runner(runner), keys.leases, keys.config, keys.outbox, keys.stats, keys.events)
+    # runners: an ephemeral runner whose held attempt this call ends (rule 1) is retired
+    declared = (
+        keys.runner(runner),
+        keys.leases,
+        keys.config,
+        keys.outbox,
+        keys.stats,
+        keys.events,
+        keys.runners,
+    )
     return Call(_fn("ready"), declared, (keys.namespace, runner, conn, info, mode), _json)
 
 
@@ -293,12 +312,13 @@ def observe(keys: Keys, pod: str, runner: str, local_job: str) -> Call[dict[str,
 
 
 def start(keys: Keys, runner: str, job_id: str, attempt: int) -> Call[dict[str, Any]]:
-    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats)
+    # outbox, stats, runners: past timeout + grace the job is canceled (an ephemeral runner retired)
+    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats, keys.runners)
     return Call(_fn("start"), declared, (keys.namespace, runner, job_id, attempt), _json)
 
 
 def heartbeat(keys: Keys, runner: str, job_id: str, attempt: int) -> Call[dict[str, Any]]:
-    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats)
+    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats, keys.runners)
     return Call(_fn("heartbeat"), declared, (keys.namespace, runner, job_id, attempt), _json)
 
 
@@ -350,6 +370,7 @@ def tick(keys: Keys, pod: str, pod_ttl_ms: int, max_reap: int = 100) -> Call[dic
         keys.stats,
         keys.events,
         keys.delayed,
+        keys.runners,  # a reaped attempt retires an ephemeral runner
     )
     return Call(_fn("tick"), declared, (keys.namespace, pod, pod_ttl_ms, max_reap), _json)
 

@@ -650,16 +650,20 @@ local function reap_job(ns, id, now, cfg, loaded)
   return nil
 end
 
--- Rule 1: a runner whose record still holds a job says `ready`: that attempt ends now.
+-- Rule 1: a runner whose record still holds a job says `ready`: that attempt ends now. Returns
+-- true when that ended an ephemeral runner's registration (as every other end of its attempt
+-- does): the caller must then give it nothing.
 local function end_orphaned_attempt(ns, name, now, cfg)
   local r = redis.call('HMGET', runner_key(ns, name), 'job', 'attempt')
-  if not r[1] or r[1] == '' then return end
+  if not r[1] or r[1] == '' then return false end
   local j = load_job(ns, r[1])
   redis.call('HSET', runner_key(ns, name), 'job', '', 'attempt', '')
   if j.runner == name and j.attempt == r[2] and IN_FLIGHT[j.status] then
     j.runner = ''  -- already freed above; nothing to notify
     if j.status == 'claimed' then expire_start(ns, j, now, cfg) else expire_lease(ns, j, now, cfg) end
+    return retire_if_ephemeral(ns, name, now, true)
   end
+  return false
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -750,8 +754,8 @@ end
 
 --[[ dispatch_v3_cancel
 ARGV: ns, job_id, reason ('canceled' by default)
-Keys: job, leases, outbox, stats, events; found at run time: pending:<spec>, the runner and its
-      pod's inbox/bell; publishes on done.
+Keys: job, leases, outbox, stats, events, delayed, runners (an ephemeral runner retired); found
+      at run time: pending:<spec>, the runner and its pod's inbox/bell; publishes on done.
 Reply: 1 when this call canceled the job, 0 when it was already final. Error when unknown.
 Invariant: a pending job leaves its queue; a claimed/running one frees its runner and its pod is
 told to push `cancel`; the status is `canceled` at once.
@@ -893,10 +897,12 @@ end
 
 --[[ dispatch_v3_ready
 ARGV: ns, runner, conn, info (JSON object or ''), mode ('wait' by default, or 'try')
-Keys: runner:<runner>, leases, config, outbox, stats, events; found at run time: pending:<spec> and
-      idle:<spec> of its specs, the job it gets or held (rule 1) and what re-queuing that touches.
+Keys: runner:<runner>, leases, config, outbox, stats, events, runners (an ephemeral runner retired
+      by rule 1); found at run time: pending:<spec> and idle:<spec> of its specs, the job it gets
+      or held (rule 1) and what re-queuing that touches.
 Reply: {"result": "job", ...offer} | {"result": "idle"} | {"result": "none"} (mode 'try') |
-{"result": "stale"} (not the current connection).
+{"result": "stale"} (not the current connection, or an ephemeral runner whose held attempt this
+call ended: its registration is gone and its pod told).
 Invariant: the runner either gets the best pending job over its specs (priority, then age) or, in
 mode 'wait', enters every idle set of its specs, never both. Mode 'try' (the polling baseline,
 DISPATCHER_WAKE=poll) never enters the idle sets: the pod asks again after its poll interval.
@@ -907,7 +913,7 @@ local function ready(keys, args)
   if not current_conn(ns, name, conn) then return cjson.encode({result = 'stale'}) end
   local now, cfg = now_ms(), config(ns)
   local rk = runner_key(ns, name)
-  end_orphaned_attempt(ns, name, now, cfg)
+  if end_orphaned_attempt(ns, name, now, cfg) then return cjson.encode({result = 'stale'}) end
   if info and info ~= '' then redis.call('HSET', rk, 'info', info) end
   redis.call('HSET', rk, 'state', 'idle', 'last_seen', tostring(now))
   local parked = park_if_paused(rk, mode)
@@ -1004,8 +1010,9 @@ end
 
 --[[ dispatch_v3_start
 ARGV: ns, runner, job, attempt
-Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats (the last two when past
-      timeout + grace the job is canceled); publishes on done.
+Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats, runners (the last three
+      when past timeout + grace the job is canceled, which retires an ephemeral runner);
+      publishes on done.
 Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
 Invariant: only the runner holding the job's current attempt can start it or re-attach to it;
 a running job's lease and the runner record (busy, this job) are renewed.
@@ -1242,10 +1249,10 @@ end
 ARGV: ns, retention_s (0 = keep records), sinks (JSON list of sink names, [] for none),
       usage_retention_days (0 = keep usage), then one or more entries '<job>:<attempt>' from the
       results outbox
-Keys: outbox, job:<id> of each entry, stats, events, sinks, sinkbox:<sink> of each sink named,
-      usage:<day> of the UTC days around the caller's clock (yesterday, today, tomorrow: where a
-      job that finished moments ago is metered; an entry recorded days late meters into its own
-      finish day's hash, found at run time), usage:total; publishes on done.
+Keys: outbox, job:<id> and log:<id> of each entry, stats, events, sinks, sinkbox:<sink> of each
+      sink named, usage:<day> of the UTC days around the caller's clock (yesterday, today,
+      tomorrow: where a job that finished moments ago is metered; an entry recorded days late
+      meters into its own finish day's hash, found at run time), usage:total; publishes on done.
 Reply: JSON list, per entry in order: [status after the call ('' = no such job), changed (bool)]
 Invariant: compare-and-set per entry, so a batch run twice (a re-pumped batch, rq retrying a task)
 changes nothing the second time: completed -> processed for that attempt (event, counter, done
@@ -1305,9 +1312,10 @@ Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined"
 "rejoined" is true when the pod was absent or past its deadline: its runners may have been
 detached by another pod's tick, so the pod must close their sockets (they reconnect).
 Keys: pods, pod:<pod>:runners, pod:<pod>:inbox, leases, config, outbox, sinks, stats, events,
-      delayed; found at run time: the jobs and runners the due leases name and what reaping them
-      touches, dead pods' runners/inbox, sinkbox:<sink> (counted only), the jobs of due delayed
-      retries and what matching them touches.
+      delayed, runners (a reaped attempt retires an ephemeral runner); found at run time: the
+      jobs and runners the due leases name and what reaping them touches, dead pods'
+      runners/inbox, sinkbox:<sink> (counted only), the jobs of due delayed retries and what
+      matching them touches.
 Invariant: renews this pod's presence; a pod past its deadline loses its runners (idle ones go
 offline; jobs in flight keep their leases); due leases are reaped by compare-and-set, so any number
 of pods may tick at once without a leader; delayed retries that are due (at most max_reap) go to

@@ -121,3 +121,16 @@ def test_the_pump_uses_queue_lengths_measured_by_the_caller(rclient, keys: Keys)
     assert taken["results"] == [f"{JOB}:1"] and taken["sinks"] == {"postgres": [f"{JOB}:1"]}
     with pytest.raises(Exception, match="invalid queued"):
         rclient.fcall(fn.pump(keys, 1, 1, 1, 1).name, 0, keys.namespace, 1, 1, 1, 1, "[x")
+
+
+@pytest.mark.parametrize("name", ["ready", "cancel", "start", "heartbeat", "tick", "finish"])
+def test_calls_that_can_retire_an_ephemeral_runner_declare_the_runner_set(name: str) -> None:
+    # each can end an ephemeral runner's attempt (rule 1, a cancel, the timeout, the reaper, a
+    # result), and that call removes the runner from `runners` (retire_if_ephemeral)
+    assert TAGGED.runners in calls(TAGGED)[name].keys
+
+
+def test_record_declares_the_log_streams_it_gives_the_records_ttl() -> None:
+    call = calls(TAGGED)["record"]
+    assert TAGGED.log(JOB) in call.keys  # EXPIRE log:<job> with the record's retention
+    assert call.keys.count(TAGGED.job(JOB)) == 1  # two attempts of one job: declared once

@@ -15,11 +15,12 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from dispatch_protocol import closecodes
-from dispatcher import admin
+from dispatcher import admin, functions
 from dispatcher.client import AsyncClient, Client
 from dispatcher.errors import InvalidInput
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
+from tests.dispatcher import groupkit
 from tests.dispatcher.support import (
     SPEC,
     eventually,
@@ -157,3 +158,28 @@ def test_a_name_taken_stays_as_it_was(settings, rclient, keys):
     with Client(settings) as client, pytest.raises(InvalidInput, match="already exists"):
         client.add_runner("r1", [SPEC], ephemeral=True)
     assert rclient.hgetall(keys.runner("r1")) == before
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_an_attempt_ended_by_its_runners_ready_ends_the_ephemeral_runner(rclient, keys, started):
+    """Rule 1: a runner back with its record still holding a job (its process restarted) says
+    `ready`, which ends that attempt; for an ephemeral runner that ends the registration, as any
+    other end of its one attempt does, and the same call gives it no second job."""
+    groupkit.live_pod(rclient, keys)
+    groupkit.run(rclient, functions.runner_add(keys, "vm-1", "h" * 64, [SPEC], ephemeral=True))
+    conn = groupkit.run(rclient, functions.attach(keys, "vm-1", groupkit.POD))["conn"]
+    assert groupkit.ready(rclient, keys, "vm-1", conn)["result"] == "idle"
+    first = groupkit.submit(rclient, keys, spec=SPEC)
+    other = groupkit.submit(rclient, keys, spec=SPEC)
+    assert groupkit.runner_of(rclient, keys, first) == "vm-1"
+    if started:
+        reply = groupkit.run(rclient, functions.start(keys, "vm-1", first, 1))
+        assert reply["result"] == "ok"
+    again = groupkit.run(rclient, functions.attach(keys, "vm-1", groupkit.POD))["conn"]
+    rclient.delete(keys.pod_inbox(groupkit.POD))  # (the match rang it already)
+    assert groupkit.ready(rclient, keys, "vm-1", again) == {"result": "stale"}
+    assert not registered(rclient, keys, "vm-1")
+    # no job claimed: neither a second one nor the same one again
+    assert groupkit.status(rclient, keys, other) == "pending"
+    assert groupkit.status(rclient, keys, first) == ("failed" if started else "pending")
+    assert rclient.sismember(keys.pod_inbox(groupkit.POD), "vm-1")  # its pod closes it (4001)
