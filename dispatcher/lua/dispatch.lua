@@ -469,6 +469,11 @@ local function retry_job(ns, id, name, now, exit_code, error)
   local jk = job_key(ns, id)
   log_attempt(ns, id, 'failed', error, now, exit_code, true)
   local used = redis.call('HINCRBY', jk, 'retries_used', 1)
+  -- an attempt that reached `running` is in `runs`: spent on a retry, it is no infrastructure
+  -- failure (expire_lease); one failed straight from `claimed` never was in `runs`
+  if redis.call('HGET', jk, 'status') == 'running' then
+    redis.call('HINCRBY', jk, 'retried_runs', 1)
+  end
   local delay = math.floor((tonumber(redis.call('HGET', jk, 'retry_delay')) or 0) * 1000)
   redis.call('ZREM', leases_key(ns), id)
   free_runner(ns, name, id, now)
@@ -608,8 +613,8 @@ end
 local function expire_lease(ns, j, now, cfg)
   drop_attempt(ns, j, now)
   emit(ns, now, 'lease_expired', j.id, {attempt = j.attempt, runner = j.runner})
-  -- max_attempts counts infrastructure failures only: attempts spent on retries are not counted
-  local retried = tonumber(redis.call('HGET', job_key(ns, j.id), 'retries_used')) or 0
+  -- max_attempts counts infrastructure failures only: runs spent on retries are not counted
+  local retried = tonumber(redis.call('HGET', job_key(ns, j.id), 'retried_runs')) or 0
   if tonumber(j.runs) - retried < tonumber(j.max_attempts) then
     log_attempt(ns, j.id, 'lost', 'lease expired', now)
     match_or_queue(ns, j.id, now, cfg)

@@ -21,6 +21,7 @@ from dispatcher.client import AsyncClient, Client
 from dispatcher.errors import InvalidInput
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
+from tests.dispatcher import groupkit
 from tests.dispatcher.support import (
     SPEC,
     eventually,
@@ -339,3 +340,28 @@ async def test_a_late_completed_replaces_the_lease_failure_in_the_history(
     record = client.get(job_id)
     assert (record["status"], record["exit_code"]) == ("completed", 0)
     assert brief(record["attempts"]) == [(1, "r1", "completed", 0, None, False)]
+
+
+def test_a_retried_attempt_that_never_ran_leaves_max_attempts_as_it_was(rclient, keys):
+    """max_attempts=1, retries=1: the runner reports `failed` straight from `claimed` (allowed,
+    PROTOCOL rule 4), which is retried; the next attempt runs and its lease is lost. That is the
+    first infrastructure failure of one allowed: final. (The retried attempt was never in `runs`,
+    so taking it out of `runs` again must not buy an extra lease loss.)"""
+    groupkit.live_pod(rclient, keys)
+    conn = groupkit.connect(rclient, keys, "r1")
+    assert groupkit.ready(rclient, keys, "r1", conn)["result"] == "idle"
+    call = functions.submit(keys, "", SPEC, '{"command": ["false"]}', 0, 3600, 1, retries=1)
+    job_id = functions.run_sync(rclient, call)
+    groupkit.finish(rclient, keys, "r1", job_id, "failed")  # attempt 1, never `running`
+    assert groupkit.ready(rclient, keys, "r1", conn)["attempt"] == 2
+    assert functions.run_sync(rclient, functions.start(keys, "r1", job_id, 2))["result"] == "ok"
+    rclient.hset(keys.job(job_id), "lease_deadline", 0)  # the runner went silent: lease passed
+    rclient.zadd(keys.leases, {job_id: 0})
+    reaped = functions.run_sync(rclient, functions.tick(keys, groupkit.POD, 600_000))["reaped"]
+    assert reaped == [[job_id, "failed", 2]]
+    record = rclient.hgetall(keys.job(job_id))
+    assert (record["status"], record["error"], record["retries_used"]) == (
+        "failed",
+        "lease expired",
+        "1",
+    )
