@@ -344,7 +344,7 @@ async def test_a_late_completed_replaces_the_lease_failure_in_the_history(
 
 def test_a_retried_attempt_that_never_ran_leaves_max_attempts_as_it_was(rclient, keys):
     """max_attempts=1, retries=1: the runner reports `failed` straight from `claimed` (allowed,
-    PROTOCOL rule 4), which is retried; the next attempt runs and its lease is lost. That is the
+    PROTOCOL rule 3), which is retried; the next attempt runs and its lease is lost. That is the
     first infrastructure failure of one allowed: final. (The retried attempt was never in `runs`,
     so taking it out of `runs` again must not buy an extra lease loss.)"""
     groupkit.live_pod(rclient, keys)
