@@ -943,8 +943,9 @@ ARGV: ns, runner, conn, mode ('offer' by default, or 'release')
 Keys: runner:<runner>, leases, config, stats, events; found at run time: idle:<spec> of its specs,
       the job it holds and what re-queuing that touches.
 Reply: {"result": "job", ...offer} when a job was assigned a moment earlier (mode 'offer'), or
-{"result": "released"} when such a job went back to the queue (mode 'release': the pod cannot
-send it, the runner did not ask), else {"result": "none"} or {"result": "stale"}.
+{"result": "released", "job", "attempt"} when such a job went back to the queue (mode 'release':
+the pod cannot send it, the runner did not ask; the pod then never sends that attempt, even if its
+match's bell is still on the way), else {"result": "none"} or {"result": "stale"}.
 Invariant: afterwards the runner is in no idle set and holds no undelivered job.
 ]]
 local function poll_end(keys, args)
@@ -965,7 +966,7 @@ local function poll_end(keys, args)
       redis.call('ZREM', leases_key(ns), j.id)
       emit(ns, now, 'released', j.id, {attempt = j.attempt, runner = name})
       match_or_queue(ns, j.id, now, config(ns))
-      return cjson.encode({result = 'released'})
+      return cjson.encode({result = 'released', job = j.id, attempt = tonumber(j.attempt)})
     end
   end
   return cjson.encode({result = 'none'})

@@ -78,6 +78,8 @@ class LongPolls:
         finally:
             sock.unlisting.set_result(None)
             sock.unlisting = None
+        if reply["result"] == "released":
+            sock.session.released(str(reply["job"]), int(reply["attempt"]))
         if reply["result"] == "stale":
             await pod.observe(sock.runner)
 

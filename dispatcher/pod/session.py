@@ -199,6 +199,12 @@ class Session:
         self.fire(E.WAIT)
         return self.rang
 
+    def released(self, job: str, attempt: int) -> None:
+        """That attempt, assigned to this connection but never sent, went back to the queue: it
+        is never sent here (its match's bell may still be on the way while the runner polls
+        again, and the job may meanwhile be another runner's; a new claim is a new attempt)."""
+        self.sent = (job, attempt)
+
     def begin_delivery(self, offer: Offer) -> bool:
         """A `job` frame is about to be sent; False when this connection was sent it already."""
         if self.sent == (offer.job, offer.attempt):

@@ -3,6 +3,7 @@ generation, with the inbox and the reconcile as the safety net (real pods, real 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import redis
@@ -12,15 +13,18 @@ from dispatcher.pod import Pod
 from dispatcher.pod.bells import Bell, Offer, parse_bell
 from dispatcher.pod.doorbell import PROBE
 from dispatcher.settings import Settings
+from tests.dispatcher.conftest import Launch
 from tests.dispatcher.support import (
     SPEC,
     RClient,
     eventually,
+    job_rec,
     new_job_id,
     ready_and_waiting,
     runner_rec,
     start_job,
     submit,
+    take_job,
 )
 from tests.podkit import RawRunner, RunningPod, add_runner, connect
 
@@ -216,3 +220,35 @@ async def test_a_bell_repeated_after_its_delivery_sends_nothing_more(
     await bell_handled(the_pod, rclient, keys)
     await start_job(runner, frame)
     assert [m["event"] for m in runner.received] == ["job", "ack"]
+
+
+async def test_a_bell_for_an_attempt_given_back_at_the_linger_end_is_never_sent(
+    launch: Launch, settings: Settings, rclient: RClient, keys: Keys
+) -> None:
+    """A match's bell that reaches the pod only after the pod gave that attempt back (no `ready`
+    came in the linger) and after the runner polls again is not sent: the job is another
+    runner's by then, and sending it would start it twice."""
+    pod = await launch(dataclasses.replace(settings, linger=0.5))
+    the_pod = pod.server.pod
+    held: list[Bell] = []
+    on_bell = the_pod.doorbell._on_bell
+    the_pod.doorbell._on_bell = lambda bell: (
+        held.append(bell) if bell.runner == "r1" and bell.job else on_bell(bell)
+    )
+    late = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    other = await connect(pod, "y1", add_runner(settings, "y1", [SPEC]))
+    await late.send("ready", poll_timeout=1)
+    await late.expect("no_job", timeout=10)  # lingering: still in the idle sets
+    job_id = submit(rclient, keys)  # matched to r1; its bell is held back
+    await eventually(lambda: len(held) == 1, 10, what="the bell held")
+    # no `ready` in the linger: the pod gives attempt 1 back, and y1 takes the job (attempt 2)
+    await eventually(
+        lambda: job_rec(rclient, keys, job_id)["status"] == "pending", 10, what="given back"
+    )
+    frame = await take_job(other)
+    assert (frame["job"], frame["attempt"]) == (job_id, 2)
+    await ready_and_waiting(late, rclient, keys)  # r1 polls again
+    on_bell(held[0])  # and only now the old bell arrives
+    await bell_handled(the_pod, rclient, keys)
+    second = submit(rclient, keys)
+    assert (await late.expect("job"))["job"] == second  # not the job y1 is running

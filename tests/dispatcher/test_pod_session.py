@@ -17,6 +17,16 @@ from dispatcher.pod.session import (
 )
 
 
+def test_an_attempt_given_back_unsent_is_never_sent_on_that_connection():
+    session = polling_session()
+    session.released("j1", 1)
+    assert session.rung(Bell("r1", 5, "j1", 1, OFFER), conn=5) is BellAction.DONE
+    assert not session.begin_delivery(OFFER)
+    assert session.rung(Bell("r1", 5, "j1", 2, dataclasses.replace(OFFER, attempt=2)), conn=5) is (
+        BellAction.SEND
+    )
+
+
 @pytest.mark.parametrize(
     ("state", "event", "expected"), [(s, e, n) for (s, e), n in TRANSITIONS.items()]
 )
