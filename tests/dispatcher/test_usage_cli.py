@@ -193,7 +193,9 @@ def test_real_runners_and_racing_writers_meter_each_job_once(world: Cluster) -> 
     """Jobs sleeping 1 s on real agents, recorded by two worker-bridge processes; the installed
     `dispatcher usage` shows each job once, with at least its sleep as running time."""
     with Client(world.settings) as client:
-        ids = [client.submit("faults", world.payload(1.0)) for _ in range(6)]
+        # the fault kit's 3 s start deadline can lapse on a loaded machine: a retried attempt is
+        # fine here (usage meters the final one), a job failed for it is not what is tested
+        ids = [client.submit("faults", world.payload(1.0), max_attempts=5) for _ in range(6)]
         for job_id in ids:
             assert client.wait(job_id, timeout=90)["status"] == "processed"
     records = world.job_records(ids)
