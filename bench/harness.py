@@ -137,6 +137,10 @@ class Harness:
 
         return await asyncio.to_thread(work)
 
+    def sim_command(self, config: Path) -> tuple[str, ...]:
+        """The simulator module and its arguments for one config file (``bench.sim``)."""
+        return ("bench.sim", str(config))
+
     async def start_sims(
         self,
         runners: list[SimRunner],
@@ -163,7 +167,7 @@ class Harness:
             )
             common.dump(cfg_path, cfg)
             child = await self.procs.python(
-                f"sim{i}", "bench.sim", str(cfg_path), env={}, pipes=True
+                f"sim{i}", *self.sim_command(cfg_path), env={}, pipes=True
             )
             child.config = cfg_path
             children.append(child)

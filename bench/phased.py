@@ -20,12 +20,13 @@ import math
 import random
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection
 
 from bench import common
 from bench.common import SimConfig, SimRunner
-from bench.harness import Harness, Sims
+from bench.harness import Harness
 from bench.sim import Simulator
 
 
@@ -55,39 +56,10 @@ class PhasedHarness(Harness):
         fields = {name: getattr(h, name) for name in h.__dataclass_fields__}
         return cls(**fields, ready_spread=spread)
 
-    async def start_sims(
-        self,
-        runners: list[SimRunner],
-        per_process: int,
-        *,
-        poll_timeout: int = 30,
-        send_running: bool = True,
-        connect_concurrency: int = 100,
-        timeout: float = 180.0,
-    ) -> Sims:
-        """``Harness.start_sims`` with ``bench.phased`` children."""
-        procs = max(1, math.ceil(len(runners) / max(1, per_process)))
-        chunk = math.ceil(len(runners) / procs) if runners else 0
-        children = []
-        for i in range(procs):
-            cfg_path = self.work_dir / f"sim-{len(self.procs.children) + 1:03d}.json"
-            cfg = SimConfig(
-                runners=runners[i * chunk : (i + 1) * chunk],
-                out=str(cfg_path.with_suffix(".out.json")),
-                poll_timeout=poll_timeout,
-                send_running=send_running,
-                connect_concurrency=connect_concurrency,
-                compression=self.compression,
-            )
-            common.dump(cfg_path, cfg)
-            args = (str(cfg_path), str(self.ready_spread))
-            child = await self.procs.python(f"sim{i}", "bench.phased", *args, env={}, pipes=True)
-            child.config = cfg_path
-            children.append(child)
-        events = await asyncio.gather(*(c.event("connected", timeout) for c in children))
-        errors = sum(int(e.get("errors", 0)) for e in events)
-        first = next((str(e["first_error"]) for e in events if e.get("first_error")), "")
-        return Sims(children, sum(int(e["connected"]) for e in events), errors, first)
+    def sim_command(self, config: Path) -> tuple[str, ...]:
+        """``bench.phased`` children: each runner sends its first `ready` at a random moment
+        within ``ready_spread`` seconds."""
+        return ("bench.phased", str(config), str(self.ready_spread))
 
 
 def main() -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dispatcher import redisconn
+from dispatcher.settings import Settings
+from tests.dispatcher.conftest import stop_pod
+from tests.podkit import RunningPod, start_pod
 from tests.scaleout.failover import Outcome, format_table
 from tests.scaleout.servers import HAVE_REDIS, Servers, start_cluster, start_sentinel
 
@@ -59,6 +64,43 @@ def sentinel(servers: Servers) -> Backend:
 def backend(request: pytest.FixtureRequest) -> Backend:
     value: Backend = request.getfixturevalue(request.param)
     return value
+
+
+def backend_settings(backend: Backend, **overrides: Any) -> Settings:
+    """A pod's settings on ``backend``: a fresh namespace, fast ticks, heartbeats and presence
+    (``overrides`` change any of them)."""
+    values: dict[str, Any] = {
+        "redis_url": backend.redis_url,
+        "results_redis_url": backend.results_redis_url,
+        "namespace": backend.namespace(),
+        "reconcile_interval": 0.1,
+        "heartbeat_interval": 0.5,
+        "ping_interval": 5,
+        "ping_timeout": 5,
+        "pod_ttl": 3,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(backend: Backend) -> Settings:
+    return backend_settings(backend)
+
+
+@pytest.fixture
+def rclient(settings: Settings) -> Iterator[Any]:
+    """A client of the backend's kind (cluster, sentinel), answers decoded."""
+    client = redisconn.sync_client(settings.redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def pod(settings: Settings) -> AsyncIterator[RunningPod]:
+    running = await start_pod(settings)
+    yield running
+    await stop_pod(running)
 
 
 FAILOVERS: list[Outcome] = []

@@ -31,7 +31,7 @@ from tests.dispatcher.support import (
 )
 from tests.jobflow import FakePod
 from tests.podkit import RunningPod, connect, start_pod
-from tests.scaleout.conftest import Backend
+from tests.scaleout.conftest import Backend, backend_settings
 
 pytestmark = pytest.mark.timeout(120)
 BIN = Path(sys.executable).parent
@@ -39,16 +39,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture
 def settings(backend: Backend) -> Settings:
-    return Settings(
-        redis_url=backend.redis_url,
-        results_redis_url=backend.results_redis_url,
-        namespace=backend.namespace(),
-        reconcile_interval=0.2,
-        heartbeat_interval=0.5,
-        ping_interval=5,
-        ping_timeout=5,
-        pod_ttl=3,
-    )
+    return backend_settings(backend, reconcile_interval=0.2)
 
 
 @pytest.fixture

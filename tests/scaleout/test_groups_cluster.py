@@ -4,19 +4,14 @@ idle sets, runners) stays in the namespace's slot."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
-
 import pytest
 
-from dispatcher import redisconn
 from dispatcher.client import Client
 from dispatcher.keys import Keys
 from dispatcher.settings import Settings
-from tests.dispatcher.conftest import stop_pod
 from tests.dispatcher.support import SPEC, complete, ready_and_waiting, start_job
-from tests.podkit import RunningPod, connect, start_pod
-from tests.scaleout.conftest import Backend
+from tests.podkit import connect
+from tests.scaleout.conftest import Backend, backend_settings
 
 pytestmark = pytest.mark.timeout(120)
 CMD = {"command": ["true"]}
@@ -25,30 +20,8 @@ BOUND = 10.0
 
 @pytest.fixture
 def settings(backend: Backend) -> Settings:
-    return Settings(
-        redis_url=backend.redis_url,
-        results_redis_url=backend.results_redis_url,
-        namespace=backend.namespace(),
-        reconcile_interval=30,  # the doorbell, not the tick, must deliver
-        heartbeat_interval=0.5,
-        ping_interval=5,
-        ping_timeout=5,
-        pod_ttl=90,
-    )
-
-
-@pytest.fixture
-def rclient(settings: Settings) -> Iterator[Any]:
-    client = redisconn.sync_client(settings.redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def pod(settings: Settings) -> AsyncIterator[RunningPod]:
-    running = await start_pod(settings)
-    yield running
-    await stop_pod(running)
+    # the doorbell, not the tick, must deliver
+    return backend_settings(backend, reconcile_interval=30, pod_ttl=90)
 
 
 async def test_a_group_slot_and_a_resume_hand_jobs_on_at_once(pod, settings, rclient) -> None:

@@ -5,7 +5,6 @@ runner declare their keys and stay in the namespace's slot."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -13,45 +12,13 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from dispatch_protocol import closecodes
-from dispatcher import redisconn
 from dispatcher.client import Client
 from dispatcher.keys import Keys
-from dispatcher.settings import Settings
-from tests.dispatcher.conftest import stop_pod
 from tests.dispatcher.support import SPEC, eventually, expect_ack, start_job, take_job
-from tests.podkit import RunningPod, connect, start_pod
-from tests.scaleout.conftest import Backend
+from tests.podkit import connect
 
 pytestmark = pytest.mark.timeout(120)
 CMD = {"command": ["false"]}
-
-
-@pytest.fixture
-def settings(backend: Backend) -> Settings:
-    return Settings(
-        redis_url=backend.redis_url,
-        results_redis_url=backend.results_redis_url,
-        namespace=backend.namespace(),
-        reconcile_interval=0.1,
-        heartbeat_interval=0.5,
-        ping_interval=5,
-        ping_timeout=5,
-        pod_ttl=3,
-    )
-
-
-@pytest.fixture
-def rclient(settings: Settings) -> Iterator[Any]:
-    client = redisconn.sync_client(settings.redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def pod(settings: Settings) -> AsyncIterator[RunningPod]:
-    running = await start_pod(settings)
-    yield running
-    await stop_pod(running)
 
 
 async def fail(runner: Any, job: dict[str, Any]) -> None:
