@@ -205,8 +205,13 @@ class RunnerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def logged(self, text: str, timeout: float = 10.0) -> None:
-        await eventually(lambda: text in self.log(), timeout, f"{text!r} in the runner's log")
+    async def logged(self, text: str, timeout: float = 30.0) -> None:
+        """Wait for ``text`` in the log; a timeout names the process's state and its log's tail."""
+        try:
+            await eventually(lambda: text in self.log(), timeout, f"{text!r} in the runner's log")
+        except AssertionError as exc:
+            tail = "\n".join(self.log().splitlines()[-20:])
+            raise AssertionError(f"{exc}; exit code {self.proc.returncode}; log tail:\n{tail}") from None
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc.returncode is None:

@@ -374,11 +374,13 @@ class RollingWorld:
         return all(r.get("status") in final for r in self.job_records(ids).values())
 
     def stop_sim(self) -> dict[str, Any]:
-        """SIGTERM the simulated runners; what they recorded."""
-        assert self.sim is not None
+        """SIGTERM the simulated runners; what they recorded (written whole as they exit)."""
+        sim = self.sim
+        assert sim is not None
         out = self.root / "sim.json"
-        self.sim.send(signal.SIGTERM)
-        wait_for(out.exists, 60, "the simulated runners' record")
+        sim.send(signal.SIGTERM)
+        wait_for(lambda: not sim.alive(), 60, "the simulated runners to exit")
+        wait_for(out.exists, 5, "the simulated runners' record")
         data: dict[str, Any] = json.loads(out.read_text())
         return data
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import sys
@@ -115,8 +116,10 @@ class SimRunner:
                 return
             self.job = msg
             self.record.starts.append((msg["job"], msg["attempt"], self.name, time.time()))
-            await ws.send(_frame("running", job=msg["job"], attempt=msg["attempt"]))
+            # the work starts first: a close that loses this `running` must not lose the job too
+            # (the next connection re-attaches with `running`, as rule 1 says)
             self.work = asyncio.create_task(self.execute(msg))
+            await self.send(_frame("running", job=msg["job"], attempt=msg["attempt"]))
         elif event == "ack":
             held = self.held
             if held is not None and msg.get("of") in TERMINAL and msg.get("job") == held["job"]:
@@ -179,7 +182,11 @@ async def amain(config: dict[str, Any]) -> None:
         tasks.append(asyncio.create_task(runner.run()))
         await asyncio.sleep(config.get("spread", 0.0))  # not all handshakes in one instant
     await stop.wait()
-    Path(config["out"]).write_text(json.dumps(asdict(record)))
+    # whole or not at all: the harness reads the file as soon as it appears
+    out = Path(config["out"])
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(asdict(record)))
+    os.replace(partial, out)
 
 
 def main() -> None:
