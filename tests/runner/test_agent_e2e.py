@@ -211,7 +211,8 @@ class RunnerProcess:
             await eventually(lambda: text in self.log(), timeout, f"{text!r} in the runner's log")
         except AssertionError as exc:
             tail = "\n".join(self.log().splitlines()[-20:])
-            raise AssertionError(f"{exc}; exit code {self.proc.returncode}; log tail:\n{tail}") from None
+            state = f"exit code {self.proc.returncode}"
+            raise AssertionError(f"{exc}; {state}; log tail:\n{tail}") from None
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc.returncode is None:
