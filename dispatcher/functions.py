@@ -358,9 +358,14 @@ def finish(
     )
 
 
-def tick(keys: Keys, pod: str, pod_ttl_ms: int, max_reap: int = 100) -> Call[dict[str, Any]]:
+def tick(
+    keys: Keys, pod: str, pod_ttl_ms: int, max_reap: int = 100, deep: bool = True
+) -> Call[dict[str, Any]]:
+    """Renew the pod's presence, reap due leases, release due retries, read its inbox; ``deep``
+    also reaps dead pods and counts the pump's backlog (``reply["backlog"]``, ``reply["pods"]``)."""
     declared = (
         keys.pods,
+        keys.pods_reaping,
         keys.pod_runners(pod),
         keys.pod_inbox(pod),
         keys.leases,
@@ -372,11 +377,12 @@ def tick(keys: Keys, pod: str, pod_ttl_ms: int, max_reap: int = 100) -> Call[dic
         keys.delayed,
         keys.runners,  # a reaped attempt retires an ephemeral runner
     )
-    return Call(_fn("tick"), declared, (keys.namespace, pod, pod_ttl_ms, max_reap), _json)
+    argv = (keys.namespace, pod, pod_ttl_ms, max_reap, int(deep))
+    return Call(_fn("tick"), declared, argv, _json)
 
 
 def pod_stop(keys: Keys, pod: str) -> Call[int]:
-    declared = (keys.pods, keys.pod_runners(pod), keys.pod_inbox(pod))
+    declared = (keys.pods, keys.pods_reaping, keys.pod_runners(pod), keys.pod_inbox(pod))
     return Call(_fn("pod_stop"), declared, (keys.namespace, pod), _int)
 
 

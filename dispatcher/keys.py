@@ -157,6 +157,11 @@ class Keys:
         """ZSET: pod id -> presence deadline (ms)."""
         return self._k("pods")
 
+    @property
+    def pods_reaping(self) -> str:
+        """SET: dead pods (out of ``pods``) whose runners a deep tick has not all detached yet."""
+        return self._k("pods", "reaping")
+
     def pod_runners(self, pod: str) -> str:
         """SET: runners whose current connection is on this pod."""
         return self._k("pod", pod, "runners")

@@ -46,6 +46,7 @@ local function leases_key(ns) return key(ns, 'leases') end
 local function pods_key(ns) return key(ns, 'pods') end
 local function pod_runners_key(ns, pod) return key(ns, 'pod', pod, 'runners') end
 local function pod_inbox_key(ns, pod) return key(ns, 'pod', pod, 'inbox') end
+local function reaping_key(ns) return key(ns, 'pods', 'reaping') end
 local function pod_channel(ns, pod) return key(ns, 'pod', pod, 'bell') end
 local function done_channel(ns) return key(ns, 'done') end
 local function outbox_key(ns) return key(ns, 'outbox') end
@@ -1312,27 +1313,40 @@ local function record(keys, args)
 end
 
 --[[ dispatch_v3_tick
-ARGV: ns, pod, pod_ttl_ms, max_reap
+ARGV: ns, pod, pod_ttl_ms, max_reap[, deep]
+deep: '1' (the default) also reaps dead pods and counts the pump's backlog; '0' leaves both to a
+later deep tick (a pod goes deep every few ticks; any pod's deep tick serves the whole namespace).
 Reply: {"inbox": [runner...], "reaped": [[job, outcome, attempt]...], "rejoined": bool,
-        "backlog": number of outbox and sink box entries due for the pump}
-"rejoined" is true when the pod was absent or past its deadline: its runners may have been
-detached by another pod's tick, so the pod must close their sockets (they reconnect).
-Keys: pods, pod:<pod>:runners, pod:<pod>:inbox, leases, config, outbox, sinks, stats, events,
-      delayed, runners (a reaped attempt retires an ephemeral runner); found at run time: the
-      jobs and runners the due leases name and what reaping them touches, dead pods'
+        "backlog": number of outbox and sink box entries due for the pump (deep only),
+        "pods": live pods in the pod set (deep only)}
+"rejoined" is true when the pod was not in the pod set: it is new, or another pod's tick found it
+past its deadline and took it out (and detaches its runners), so the pod must close their sockets
+(they reconnect).
+Keys: pods, pods:reaping, pod:<pod>:runners, pod:<pod>:inbox, leases, config, outbox, sinks,
+      stats, events, delayed, runners (a reaped attempt retires an ephemeral runner); found at run
+      time: the jobs and runners the due leases name and what reaping them touches, dead pods'
       runners/inbox, sinkbox:<sink> (counted only), the jobs of due delayed retries and what
       matching them touches.
-Invariant: renews this pod's presence; a pod past its deadline loses its runners (idle ones go
-offline; jobs in flight keep their leases); due leases are reaped by compare-and-set, so any number
+Invariant: renews this pod's presence; a pod past its deadline leaves the pod set in the deep tick
+that finds it, and loses its runners (idle ones go offline; jobs in flight keep their leases), at
+most MAX_RUNNERS_REAPED per call, the pods:reaping set holding the rest for the next deep tick; so
+a pod still in the pod set has lost nothing. Due leases are reaped by compare-and-set, so any number
 of pods may tick at once without a leader; delayed retries that are due (at most max_reap) go to
 matching.
 ]]
 -- Dead pods lose their runners, at most MAX_RUNNERS_REAPED runners per call (a pod may have held
--- thousands): a pod leaves the pod set only once its runner set is empty, so the next tick goes on.
+-- thousands): a dead pod leaves the pod set at once and stays in pods:reaping until its runner set
+-- is empty, so the next deep tick goes on.
 local MAX_RUNNERS_REAPED = 500
 local function reap_dead_pods(ns, now)
-  local budget = MAX_RUNNERS_REAPED
   for _, dead in ipairs(redis.call('ZRANGEBYSCORE', pods_key(ns), '-inf', now, 'LIMIT', 0, 10)) do
+    redis.call('ZREM', pods_key(ns), dead)
+    redis.call('SADD', reaping_key(ns), dead)
+    emit(ns, now, 'pod_lost', '', {pod = dead})
+  end
+  local budget = MAX_RUNNERS_REAPED
+  for _, dead in ipairs(redis.call('SMEMBERS', reaping_key(ns))) do
+    if budget <= 0 then return end
     local names = redis.call('SPOP', pod_runners_key(ns, dead), budget)
     budget = budget - #names
     for _, name in ipairs(names) do
@@ -1343,11 +1357,10 @@ local function reap_dead_pods(ns, now)
         redis.call('HSET', runner_key(ns, name), 'pod', '', 'state', state)
       end
     end
-    if redis.call('SCARD', pod_runners_key(ns, dead)) > 0 then return end  -- out of budget
-    redis.call('DEL', pod_inbox_key(ns, dead))
-    redis.call('ZREM', pods_key(ns), dead)
-    emit(ns, now, 'pod_lost', '', {pod = dead})
-    if budget <= 0 then return end
+    if budget > 0 or redis.call('SCARD', pod_runners_key(ns, dead)) == 0 then
+      redis.call('DEL', pod_inbox_key(ns, dead))
+      redis.call('SREM', reaping_key(ns), dead)
+    end
   end
 end
 
@@ -1362,11 +1375,13 @@ end
 
 local function tick(keys, args)
   local ns, pod, ttl, max_reap = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local deep = args[5] ~= '0'
   local now = now_ms()
-  local present = tonumber(redis.call('ZSCORE', pods_key(ns), pod))
-  local rejoined = present == nil or present <= now
-  reap_dead_pods(ns, now)
-  redis.call('ZADD', pods_key(ns), now + ttl, pod)
+  -- ZADD answers 1 only for a pod that was not in the set: new, or taken out by a deep tick
+  local rejoined = redis.call('ZADD', pods_key(ns), now + ttl, pod) == 1
+  if rejoined then redis.call('SREM', reaping_key(ns), pod) end  -- its sockets close: no reaping
+  local out = {rejoined = rejoined}
+  if deep then reap_dead_pods(ns, now) end
   local reaped = {}
   local due = redis.call('ZRANGEBYSCORE', leases_key(ns), '-inf', now, 'LIMIT', 0, max_reap)
   if #due > 0 then
@@ -1380,19 +1395,25 @@ local function tick(keys, args)
   end
   release_due_retries(ns, now, max_reap)
   -- (an empty Lua table encodes as {}; callers treat an empty object as an empty list)
-  return cjson.encode({inbox = redis.call('SMEMBERS', pod_inbox_key(ns, pod)), reaped = reaped,
-                       rejoined = rejoined, backlog = due_backlog(ns, now)})
+  out.reaped = reaped
+  out.inbox = redis.call('SMEMBERS', pod_inbox_key(ns, pod))
+  if deep then
+    out.backlog = due_backlog(ns, now)
+    out.pods = redis.call('ZCARD', pods_key(ns))
+  end
+  return cjson.encode(out)
 end
 
 --[[ dispatch_v3_pod_stop
 ARGV: ns, pod
-Keys: pods, pod:<pod>:runners, pod:<pod>:inbox
+Keys: pods, pods:reaping, pod:<pod>:runners, pod:<pod>:inbox
 Reply: 1. Invariant: a pod that shuts down leaves the pod set at once (its runners were detached
 one by one before this; jobs in flight keep their leases).
 ]]
 local function pod_stop(keys, args)
   local ns, pod = args[1], args[2]
   redis.call('ZREM', pods_key(ns), pod)
+  redis.call('SREM', reaping_key(ns), pod)
   redis.call('DEL', pod_runners_key(ns, pod), pod_inbox_key(ns, pod))
   return 1
 end

@@ -33,6 +33,7 @@ from dispatcher.pod.doorbell import PROBE, Doorbell
 from dispatcher.pod.longpoll import LongPolls
 from dispatcher.pod.session import BellAction, Observed
 from dispatcher.pod.sockets import RunnerSocket
+from dispatcher.pod.sweeps import SweepSchedule, TickKind, max_sweep_every
 from dispatcher.podmetrics import PodMetrics
 from dispatcher.results import PumpConfig, PumpLoop
 from dispatcher.settings import Settings
@@ -95,6 +96,7 @@ class Pod:
         self._stopped = False
         self._joined = False
         self._doorbell_task: asyncio.Task[None] | None = None
+        self.sweeps = SweepSchedule(max_sweep_every(settings.pod_ttl, settings.reconcile_interval))
         self.metrics.watch(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -344,21 +346,32 @@ class Pod:
         """Tick once now (used after every (re)subscribe)."""
         await self.tick()
 
-    async def tick(self) -> None:
-        """Renew presence, reap due leases, and look at every runner in the inbox."""
-        ttl_ms = int(self.settings.pod_ttl * 1000)
-        reply = await functions.run(self.redis, functions.tick(self.keys, self.id, ttl_ms))
+    async def tick(self, kind: TickKind = TickKind.DEEP) -> None:
+        """Read the inbox and look at every runner in it; a sweep also renews presence, reaps
+        due leases and releases due retries, a deep one reaps dead pods and pumps any backlog
+        (``dispatcher.pod.sweeps``)."""
+        if kind is TickKind.INBOX:
+            names = await self.redis.smembers(self.keys.pod_inbox(self.id))
+            inbox = [n.decode() if isinstance(n, bytes) else n for n in names]
+            reply: dict[str, Any] = {"inbox": inbox}
+        else:
+            ttl_ms = int(self.settings.pod_ttl * 1000)
+            call = functions.tick(self.keys, self.id, ttl_ms, deep=kind is TickKind.DEEP)
+            reply = await functions.run(self.redis, call)
         self.metrics.ticked(reply)
+        if "pods" in reply:
+            self.sweeps.counted(int(reply["pods"]))
         if reply.get("rejoined") and self._joined:
-            # presence lapsed (Redis failover, a stalled pod) and another pod's tick may have
-            # detached our runners: make them reconnect so their records name a live pod again
+            # another pod's tick found our presence lapsed (Redis failover, a stalled pod) and
+            # detaches our runners: make them reconnect so their records name a live pod again
             log.warning(
                 "pod %s lost its presence; closing its channels so runners reconnect", self.id
             )
             self.metrics.presence_lost.inc()
             for sock in list(self.sockets.values()):
                 self.spawn(sock.close(closecodes.GOING_AWAY, "dispatcher pod lost its presence"))
-        self._joined = True
+        if kind is not TickKind.INBOX:
+            self._joined = True
         for job_id, outcome, attempt in reply.get("reaped") or []:
             log.info("reaped job %s attempt %s: %s", job_id, attempt, outcome)
         if int(reply.get("backlog") or 0) > 0:
@@ -376,7 +389,7 @@ class Pod:
             await asyncio.sleep(self.settings.reconcile_interval)
             ticks += 1
             try:
-                await self.tick()
+                await self.tick(self.sweeps.next())
                 if self.settings.wake == "pubsub" and ticks % PROBE_EVERY_TICKS == 0:
                     await self._probe_doorbell()
             except redis.RedisError as exc:
