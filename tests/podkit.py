@@ -73,6 +73,12 @@ async def start_pod_on_port(settings: Settings, port: int = 0) -> RunningPod:
     if task.done():
         task.result()
     assert server.started, "pod did not start"
+    # ready as /readyz means it: a bell rung before the subscription is live would wait for a tick
+    pod = server.pod
+    while not (settings.wake == "poll" or pod.doorbell.live or task.done()):
+        if asyncio.get_running_loop().time() > deadline:
+            break  # a test of a broken doorbell sees it for itself
+        await asyncio.sleep(0.01)
     return RunningPod(server, task, port)
 
 
