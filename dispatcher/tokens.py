@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 
 
-def new_token() -> str:
-    """A fresh runner token (256 random bits, URL-safe text)."""
-    return secrets.token_urlsafe(32)
+def new_token(draw: Callable[[int], str] = secrets.token_urlsafe) -> str:
+    """A fresh runner token (256 random bits, URL-safe text) that does not begin with ``-``:
+    a command line reads ``--token -x…`` as a missing value followed by an option (argparse
+    refuses it), so one token in 64 would otherwise only work as ``--token=…`` or from the
+    environment. Drawing again costs less than 0.03 bits of the 256."""
+    while True:
+        token = draw(32)
+        if not token.startswith("-"):
+            return token
 
 
 def token_hash(token: str) -> str:

@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         "fail over between several pods",
     )
     p.add_argument("--runner", required=True, help="this runner's name, as registered")
-    p.add_argument("--token", help=f"runner token (better: set {TOKEN_ENV})")
+    p.add_argument(
+        "--token",
+        help=f"runner token (better: set {TOKEN_ENV}); one that begins with '-' as --token=TOKEN",
+    )
     p.add_argument("--poll-timeout", type=_number(int, 1, 900), default=30, help="long poll, s")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="spool directory")
     p.add_argument(

@@ -83,7 +83,12 @@ class UpProcess:
     def interrupt(self, timeout: float = 60.0) -> int:
         """Ctrl-C: SIGINT, then wait for `up` to exit (and for its last lines); its exit status."""
         self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"`up` still running {timeout:.0f}s after Ctrl-C:\n{self.output()}"
+            ) from None
         self._reader.join(5)  # every line it printed is in ``lines`` (for assertion messages)
         return code
 
