@@ -27,6 +27,7 @@ import redis.asyncio
 
 from dispatcher import redisconn
 from dispatcher.errors import InvalidInput, NotFound
+from dispatcher.hotlane import FcallClient
 from dispatcher.keys import LIBRARY_NAME, Keys
 from dispatcher.usage_days import DEFAULT_RETENTION_DAYS, declared_days, utc_today
 
@@ -402,7 +403,7 @@ def load_library_sync(client: redis.Redis) -> None:
     client.function_load(LIBRARY_SOURCE, replace=True)
 
 
-async def load_library(client: redis.asyncio.Redis) -> None:
+async def load_library(client: redis.asyncio.Redis | FcallClient) -> None:
     """Load or upgrade the library (idempotent)."""
     await client.function_load(LIBRARY_SOURCE, replace=True)
 
@@ -445,7 +446,7 @@ async def run_then(
     raise AssertionError("unreachable")
 
 
-async def run(client: redis.asyncio.Redis, call: Call[T]) -> T:
+async def run(client: redis.asyncio.Redis | FcallClient, call: Call[T]) -> T:
     """Run ``call``, loading the library first if Redis lacks it."""
     try:
         try:
