@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Generic, TypeVar
 
+import msgspec
 import redis
 import redis.asyncio
 
@@ -60,8 +61,11 @@ def _text(reply: Any) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
+_decode_json = msgspec.json.Decoder().decode  # ~7x json.loads on a function's reply
+
+
 def _json(reply: Any) -> dict[str, Any]:
-    value = json.loads(reply)
+    value = _decode_json(reply)
     return value if isinstance(value, dict) else {}
 
 
@@ -260,7 +264,7 @@ def record(
 
 
 def _pairs(reply: Any) -> list[tuple[str, bool]]:
-    value = json.loads(reply)
+    value = _decode_json(reply)
     return [(str(s), bool(c)) for s, c in value] if isinstance(value, list) else []
 
 

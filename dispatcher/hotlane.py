@@ -104,9 +104,9 @@ class HotLane:
 
     async def fcall(self, function: str, numkeys: int, *keys_and_args: Any) -> Any:
         """``FCALL function numkeys key... arg...``: its reply, or the exception redis-py raises."""
-        command = hiredis.pack_command(
-            ("FCALL", function, numkeys, *(_encode(a) for a in keys_and_args))
-        )
+        if float in map(type, keys_and_args):
+            keys_and_args = tuple(_encode(a) for a in keys_and_args)
+        command = hiredis.pack_command(("FCALL", function, numkeys, *keys_and_args))
         try:
             return await self._call(command)
         except redis.ConnectionError:
