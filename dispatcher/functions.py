@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Generic, TypeVar
 
+import msgspec
 import redis
 import redis.asyncio
 
 from dispatcher import redisconn
 from dispatcher.errors import InvalidInput, NotFound
+from dispatcher.hotlane import FcallClient
 from dispatcher.keys import LIBRARY_NAME, Keys
 from dispatcher.usage_days import DEFAULT_RETENTION_DAYS, declared_days, utc_today
 
@@ -59,8 +61,11 @@ def _text(reply: Any) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
+_decode_json = msgspec.json.Decoder().decode  # ~7x json.loads on a function's reply
+
+
 def _json(reply: Any) -> dict[str, Any]:
-    value = json.loads(reply)
+    value = _decode_json(reply)
     return value if isinstance(value, dict) else {}
 
 
@@ -259,7 +264,7 @@ def record(
 
 
 def _pairs(reply: Any) -> list[tuple[str, bool]]:
-    value = json.loads(reply)
+    value = _decode_json(reply)
     return [(str(s), bool(c)) for s, c in value] if isinstance(value, list) else []
 
 
@@ -408,7 +413,7 @@ def load_library_sync(client: redis.Redis) -> None:
     client.function_load(LIBRARY_SOURCE, replace=True)
 
 
-async def load_library(client: redis.asyncio.Redis) -> None:
+async def load_library(client: redis.asyncio.Redis | FcallClient) -> None:
     """Load or upgrade the library (idempotent)."""
     await client.function_load(LIBRARY_SOURCE, replace=True)
 
@@ -451,7 +456,7 @@ async def run_then(
     raise AssertionError("unreachable")
 
 
-async def run(client: redis.asyncio.Redis, call: Call[T]) -> T:
+async def run(client: redis.asyncio.Redis | FcallClient, call: Call[T]) -> T:
     """Run ``call``, loading the library first if Redis lacks it."""
     try:
         try:

@@ -167,9 +167,10 @@ local function notify_offer(ns, pod, runner, conn, id)
   redis.call('SPUBLISH', pod_channel(ns, pod), bell)
 end
 
--- Take a runner out of every idle set (it is no longer waiting in a long poll).
-local function unidle(ns, name)
-  for _, spec in ipairs(runner_specs(ns, name)) do
+-- Take a runner out of every idle set (it is no longer waiting in a long poll). `specs`: its
+-- specs when the caller has them read already (else read here).
+local function unidle(ns, name, specs)
+  for _, spec in ipairs(specs or runner_specs(ns, name)) do
     redis.call('ZREM', idle_key(ns, spec), name)
   end
   redis.call('HSET', runner_key(ns, name), 'polling', '0')
@@ -178,8 +179,9 @@ end
 -- The runner no longer holds a job: idle if connected, offline otherwise.
 local function free_runner(ns, name, job_id, now)
   local rk = runner_key(ns, name)
-  if redis.call('HGET', rk, 'job') ~= job_id then return nil end
-  local pod = redis.call('HGET', rk, 'pod')
+  local r = redis.call('HMGET', rk, 'job', 'pod')
+  if r[1] ~= job_id then return nil end
+  local pod = r[2]
   local state = (pod and pod ~= '') and 'idle' or 'offline'
   redis.call('HSET', rk, 'job', '', 'attempt', '', 'state', state, 'idle_since', tostring(now))
   return pod
@@ -295,15 +297,16 @@ end
 
 local group_fill  -- (defined below pick_idle_runner, which it uses)
 
--- Assign job `id` to runner `name` as a new attempt. Returns the new attempt number.
-local function assign(ns, id, name, now, cfg)
+-- Assign job `id` to runner `name` as a new attempt. Returns the new attempt number. `specs`:
+-- the runner's specs when the caller has them read already.
+local function assign(ns, id, name, now, cfg, specs)
   local jk = job_key(ns, id)
   local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
   local deadline = now + cfg.start
   redis.call('HSET', jk, 'status', 'claimed', 'runner', name, 'claimed', tostring(now),
              'start_deadline', tostring(deadline), 'started', '', 'lease_deadline', '')
   redis.call('ZADD', leases_key(ns), deadline, id)
-  unidle(ns, name)
+  unidle(ns, name, specs)
   redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', tostring(attempt))
   group_claim(ns, id)
   count(ns, 'dispatched')
@@ -558,8 +561,8 @@ end
 
 -- `finalize`'s part: the attempt in flight ends (or a `completed` replaces the lease-expiry
 -- failure of the same attempt); a pending job that is canceled had no attempt running.
-local function log_final_attempt(ns, id, status, error, now, extra)
-  local prev = redis.call('HGET', job_key(ns, id), 'status')
+local function log_final_attempt(ns, id, status, error, now, extra, prev)
+  prev = prev or redis.call('HGET', job_key(ns, id), 'status')
   if IN_FLIGHT[prev] or status == 'completed' then
     log_attempt(ns, id, status, error, now, extra and extra.exit_code)
   end
@@ -573,15 +576,16 @@ end
 -- results outbox in the same call: whoever decided the outcome (a runner's message, the reaper, a
 -- cancel) may die right after, and the result writers still get it. Score = when the entry is
 -- due for the pump (now); the pump re-scores it while a batch holds it.
-local function finalize(ns, id, status, error, now, extra)
+-- `known`: the job's status and attempt when the caller has them current already (`finish`).
+local function finalize(ns, id, status, error, now, extra, known)
   local jk = job_key(ns, id)
-  log_final_attempt(ns, id, status, error, now, extra)
+  log_final_attempt(ns, id, status, error, now, extra, known and known.status)
   local fields = extra or {}
   fields.status, fields.error, fields.finished = status, error or '', tostring(now)
   write_fields(jk, fields)
   redis.call('ZREM', leases_key(ns), id)
   count(ns, status)
-  local attempt = redis.call('HGET', jk, 'attempt')
+  local attempt = (known and known.attempt) or redis.call('HGET', jk, 'attempt')
   emit(ns, now, status, id, {attempt = attempt, error = error or ''})
   if status ~= 'completed' then publish_done(ns, id) end
   redis.call('ZADD', outbox_key(ns), now, id .. ':' .. attempt)
@@ -894,8 +898,9 @@ end
 -- A paused runner's `ready` gets nothing. In mode 'wait' its poll stays open on its pod, marked
 -- `polling` but in no idle set (no match can find it), so `runner_pause` can hand it work the
 -- moment it is resumed. Returns the reply, or nil when the runner is not paused.
-local function park_if_paused(rk, mode)
-  if redis.call('HGET', rk, 'paused') ~= '1' then return nil end
+local function park_if_paused(rk, mode, paused)
+  if paused == nil then paused = redis.call('HGET', rk, 'paused') end
+  if paused ~= '1' then return nil end
   if mode == 'try' then return cjson.encode({result = 'none'}) end
   redis.call('HSET', rk, 'polling', '1')
   return cjson.encode({result = 'idle'})
@@ -916,24 +921,30 @@ A paused runner gets nothing and enters no idle set (`park_if_paused`).
 ]]
 local function ready(keys, args)
   local ns, name, conn, info, mode = args[1], args[2], args[3], args[4], args[5]
-  if not current_conn(ns, name, conn) then return cjson.encode({result = 'stale'}) end
-  local now, cfg = now_ms(), config(ns)
   local rk = runner_key(ns, name)
-  if end_orphaned_attempt(ns, name, now, cfg) then return cjson.encode({result = 'stale'}) end
+  -- what this call reads of the runner, in one command (read again after rule 1 changed it)
+  local fields = {'conn', 'job', 'paused', 'specs', 'idle_since'}
+  local r = redis.call('HMGET', rk, unpack(fields))
+  if r[1] ~= conn then return cjson.encode({result = 'stale'}) end
+  local now, cfg = now_ms(), config(ns)
+  if r[2] and r[2] ~= '' then
+    if end_orphaned_attempt(ns, name, now, cfg) then return cjson.encode({result = 'stale'}) end
+    r = redis.call('HMGET', rk, unpack(fields))
+  end
   if info and info ~= '' then redis.call('HSET', rk, 'info', info) end
   redis.call('HSET', rk, 'state', 'idle', 'last_seen', tostring(now))
-  local parked = park_if_paused(rk, mode)
+  local parked = park_if_paused(rk, mode, r[3])
   if parked then return parked end
-  local specs = runner_specs(ns, name)
+  local specs = r[4] and cjson.decode(r[4]) or {}
   local id = best_pending(ns, specs)
   if id then
-    assign(ns, id, name, now, cfg)
+    assign(ns, id, name, now, cfg, specs)
     local offer = job_offer(ns, id)
     offer.result = 'job'
     return cjson.encode(offer)
   end
   if mode == 'try' then return cjson.encode({result = 'none'}) end
-  local since = redis.call('HGET', rk, 'idle_since') or tostring(now)
+  local since = r[5] or tostring(now)
   for _, spec in ipairs(specs) do redis.call('ZADD', idle_key(ns, spec), since, name) end
   redis.call('HSET', rk, 'polling', '1')
   return cjson.encode({result = 'idle'})
@@ -1032,14 +1043,15 @@ local function start(keys, args)
   end
   local now, cfg = now_ms(), config(ns)
   local jk = job_key(ns, id)
-  if j.status == 'claimed' then
-    redis.call('HSET', jk, 'status', 'running', 'started', tostring(now), 'lost_starts', '0')
-    j.status, j.started, j.lost_starts = 'running', tostring(now), '0'
-    redis.call('HINCRBY', jk, 'runs', 1)
-    emit(ns, now, 'running', id, {attempt = attempt, runner = name})
-  end
   j.lease_deadline = tostring(now + cfg.lease)
-  redis.call('HSET', jk, 'lease_deadline', j.lease_deadline)
+  if j.status == 'claimed' then  -- one HSET: `runs` + 1 (as HINCRBY would), the lease renewed
+    redis.call('HSET', jk, 'status', 'running', 'started', tostring(now), 'lost_starts', '0',
+               'runs', tostring((tonumber(j.runs) or 0) + 1), 'lease_deadline', j.lease_deadline)
+    j.status, j.started, j.lost_starts = 'running', tostring(now), '0'
+    emit(ns, now, 'running', id, {attempt = attempt, runner = name})
+  else
+    redis.call('HSET', jk, 'lease_deadline', j.lease_deadline)
+  end
   if reap_job(ns, id, now, cfg, j) == 'timeout' then
     return cjson.encode({result = 'cancel', reason = 'timeout'})
   end
@@ -1111,7 +1123,8 @@ local function finish(keys, args)
     return cjson.encode({result = 'recorded', status = after, retry = true,
                          retired = retire_if_ephemeral(ns, name, now, false)})
   end
-  finalize(ns, id, status, status == 'completed' and '' or args[10], now, extra)
+  finalize(ns, id, status, status == 'completed' and '' or args[10], now, extra,
+           {status = j.status, attempt = j.attempt})
   free_runner(ns, name, id, now)
   return cjson.encode({result = 'recorded', status = status, override = override,
                        retired = retire_if_ephemeral(ns, name, now, false)})

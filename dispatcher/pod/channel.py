@@ -191,7 +191,7 @@ async def on_ready(pod: Pod, sock: RunnerSocket, message: messages.Message) -> N
     info = messages.encoder.encode(message.runner).decode() if message.runner else ""
     mode = "try" if pod.settings.wake == "poll" else "wait"
     call = functions.ready(pod.keys, sock.runner, sock.conn, info, mode)
-    reply = await functions.run(pod.redis, call)
+    reply = await functions.run(pod.calls, call)
     if reply["result"] == "job":
         await pod.deliver(sock, Offer.from_reply(reply))
     elif reply["result"] in ("idle", "none"):
@@ -219,7 +219,7 @@ async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) ->
     sock.session.check_running()  # 1008 while a poll is open
     await pod.polls.unlinger(sock)
     call = functions.start(pod.keys, sock.runner, message.job, message.attempt)
-    reply = await functions.run(pod.redis, call)
+    reply = await functions.run(pod.calls, call)
     if reply["result"] == "ok":
         sock.session.start_job(message.job, message.attempt, Event.RUNNING)
         pod.metrics.started(sock, message.job, message.attempt)
@@ -232,7 +232,7 @@ async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) ->
 async def on_heartbeat(pod: Pod, sock: RunnerSocket, message: messages.Message) -> None:
     assert isinstance(message, messages.Heartbeat)
     call = functions.heartbeat(pod.keys, sock.runner, message.job, message.attempt)
-    reply = await functions.run(pod.redis, call)
+    reply = await functions.run(pod.calls, call)
     if reply["result"] == "ok":
         await sock.send(messages.Ack(job=message.job, of="heartbeat"))
     else:
@@ -257,7 +257,7 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
             await sock.close(closecodes.INTERNAL, "result not yet durable; resend it")
             return
     else:
-        reply = await functions.run(pod.redis, call)
+        reply = await functions.run(pod.calls, call)
     if reply["result"] == "recorded":
         pod.wake_pump()
     else:  # duplicate, stale or unknown: acknowledged all the same (rule 4)
@@ -285,7 +285,7 @@ async def on_log(pod: Pod, sock: RunnerSocket, message: messages.Message) -> Non
             message.data,
             pod.settings.log_max_bytes,
         )
-        result = await functions.run(pod.redis, call)
+        result = await functions.run(pod.calls, call)
         if result != "stored":
             pod.metrics.fenced_reply("log", result)
     else:

@@ -70,7 +70,7 @@ class LongPolls:
         pod = self._pod
         call = functions.poll_end(pod.keys, sock.runner, sock.conn, release=True)
         try:
-            reply = await functions.run(pod.redis, call)
+            reply = await functions.run(pod.calls, call)
         except redis.RedisError as exc:
             log.warning("linger end of %s failed: %s", sock.runner, exc)
             await sock.close(closecodes.INTERNAL, "storage unavailable; reconnect")
@@ -107,7 +107,7 @@ class LongPolls:
         pod = self._pod
         call = functions.ready(pod.keys, sock.runner, sock.conn, "", mode="try")
         try:
-            reply = await functions.run(pod.redis, call)
+            reply = await functions.run(pod.calls, call)
         except redis.RedisError as exc:  # the poll stays open: try again next interval
             log.warning("poll try of %s failed: %s", sock.runner, exc)
             if sock.session.polling(poll):
@@ -129,7 +129,7 @@ class LongPolls:
         pod = self._pod
         try:
             reply = await functions.run(
-                pod.redis, functions.poll_end(pod.keys, sock.runner, sock.conn)
+                pod.calls, functions.poll_end(pod.keys, sock.runner, sock.conn)
             )
         except redis.RedisError as exc:  # the poll must end somehow: the runner reconnects
             log.warning("poll end of %s failed: %s", sock.runner, exc)

@@ -25,7 +25,7 @@ import redis
 import redis.asyncio
 
 from dispatch_protocol import closecodes
-from dispatcher import functions, redisconn
+from dispatcher import functions, hotlane, redisconn
 from dispatcher.durability import Durability
 from dispatcher.keys import Keys
 from dispatcher.pod.bells import Bell, Offer
@@ -59,6 +59,8 @@ class Pod:
         # A burst (a thousand runners connecting, or their long polls ending in the same second)
         # must queue for a connection, not fail: redis-py's default pool raises past 100 in use.
         self.redis = redisconn.async_client(settings.redis_url, REDIS_POOL_SIZE, REDIS_POOL_TIMEOUT)
+        # the runner channel's function calls, pipelined on one connection (``hotlane``)
+        self.calls = hotlane.lane_for(settings.redis_url, self.redis)
         self._sync_redis = redisconn.sync_client(settings.redis_url)  # the pump's (rq is sync)
         # the rq queues' own Redis (DISPATCHER_RESULTS_REDIS_URL), when they are not in ours
         self._rq_redis = (
@@ -113,6 +115,8 @@ class Pod:
         }
         await self.redis.hset(self.keys.config, mapping=cfg)  # type: ignore[arg-type]
         await self.redis.set(self.keys.schema, 1, nx=True)
+        if isinstance(self.calls, hotlane.HotLane):
+            await self.calls.connect()
         await self.tick()
         if self.settings.wake == "pubsub":
             self._doorbell_task = asyncio.create_task(self.doorbell.run(), name="doorbell")
@@ -150,6 +154,8 @@ class Pod:
             await functions.run(self.redis, functions.pod_stop(self.keys, self.id))
         except redis.RedisError as exc:
             log.warning("could not leave the pod set: %s", exc)
+        if isinstance(self.calls, hotlane.HotLane):
+            await self.calls.aclose()
         await self.redis.aclose()
         self._sync_redis.close()
         if self._rq_redis is not None:
@@ -189,7 +195,7 @@ class Pod:
         """Record a new connection of ``runner`` here; a previous one is superseded (4002)."""
         self._attaching[runner] = self._attaching.get(runner, 0) + 1
         try:
-            reply = await functions.run(self.redis, functions.attach(self.keys, runner, self.id))
+            reply = await functions.run(self.calls, functions.attach(self.keys, runner, self.id))
         finally:
             self._attaching[runner] -= 1
             if not self._attaching[runner]:
@@ -220,9 +226,9 @@ class Pod:
                 # a job assigned but not sent yet goes back to the queue at once, instead of
                 # waiting out its start deadline
                 call = functions.poll_end(self.keys, sock.runner, sock.conn, release=True)
-                await functions.run(self.redis, call)
+                await functions.run(self.calls, call)
             await functions.run(
-                self.redis, functions.detach(self.keys, sock.runner, self.id, sock.conn)
+                self.calls, functions.detach(self.keys, sock.runner, self.id, sock.conn)
             )
         except redis.RedisError as exc:
             log.warning("detach of %s failed (its pod entry expires): %s", sock.runner, exc)
@@ -292,7 +298,7 @@ class Pod:
         watched = sock.session.watched_job() if sock is not None else None
         local_job = watched[0] if watched else ""
         reply = await functions.run(
-            self.redis, functions.observe(self.keys, self.id, runner, local_job)
+            self.calls, functions.observe(self.keys, self.id, runner, local_job)
         )
         if self.sockets.get(runner) is not sock:
             # a connection was attached (or replaced) here while the call ran: the call took the
