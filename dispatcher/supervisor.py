@@ -115,6 +115,7 @@ class Supervisor:
         self._hurry = threading.Event()
         self._hurry_said = False
         self._interrupted: float | None = None  # when the first signal came (or the stop began)
+        self._stopping = False  # begin_stop() was called: signals only hurry
         self._thread: threading.Thread | None = None
 
     def start(self, child: Child) -> Child:
@@ -166,18 +167,32 @@ class Supervisor:
 
     def interrupt(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler (SIGINT, SIGTERM): the first signal raises ``KeyboardInterrupt``; any
-        later one, or one while stopping, makes ``stop`` skip its remaining waits."""
+        later one, or one while stopping, makes ``stop`` skip its remaining waits.
+
+        A later one before the stop began raises again: the first was lost. Python only prints
+        an exception raised while it runs a finaliser (``__del__``, a weakref callback), and a
+        signal handler runs wherever the main thread is, a garbage-collected Redis connection
+        included (seen once: `up` went on following events after Ctrl-C)."""
         now = self.clock()
         if self._interrupted is None:
             self._interrupted = now
             raise KeyboardInterrupt
         if now - self._interrupted >= SAME_SIGNAL:
+            if not self._stopping:
+                self._interrupted = now
+                raise KeyboardInterrupt
             self._hurry.set()  # said by _stop_tier: printing here could re-enter a print
+
+    def begin_stop(self) -> None:
+        """From here on a signal hurries the stop, never ends it (call first thing when
+        stopping, before anything that could be interrupted)."""
+        self._stopping = True
+        if self._interrupted is None:
+            self._interrupted = self.clock()
 
     def stop(self, tiers: Sequence[Sequence[Child]]) -> None:
         """Stop every child, tier after tier; returns when none is left running."""
-        if self._interrupted is None:  # from here on a signal hurries the stop, never ends it
-            self._interrupted = self.clock()
+        self.begin_stop()
         self._done.set()
         # The first signal raises KeyboardInterrupt wherever the main thread is, also inside
         # watch() (the thread made but not started yet, or started but not recorded). So: never

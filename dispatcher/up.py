@@ -188,6 +188,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except BrokenPipeError:  # the console went away (its terminal or pipe closed): stop too
         status = 1
     finally:
+        supervisor.begin_stop()
         if any(tiers):
             with contextlib.suppress(OSError, ValueError):
                 print(

@@ -126,6 +126,7 @@ def test_the_first_signal_interrupts_a_copy_is_ignored_and_a_later_one_hurries(t
     supervisor = Supervisor(said.append, clock=clock)
     with pytest.raises(KeyboardInterrupt):
         supervisor.interrupt(signal.SIGTERM, None)
+    supervisor.begin_stop()  # as `up` does first thing when it stops
     clock.now += 0.2
     supervisor.interrupt(signal.SIGTERM, None)  # e.g. `make` passing the same SIGTERM on
     assert not supervisor._hurry.is_set()
@@ -138,6 +139,23 @@ def test_the_first_signal_interrupts_a_copy_is_ignored_and_a_later_one_hurries(t
     supervisor.stop([[child]])
     assert not child.running()
     assert said == ["second signal: killing what is left"]
+
+
+def test_a_later_signal_before_the_stop_began_interrupts_again():
+    """The first KeyboardInterrupt was lost (raised inside a finaliser, which Python only
+    prints): a second Ctrl-C must still stop `up`."""
+    import pytest
+
+    clock = Clock()
+    supervisor = Supervisor(lambda _text: None, clock=clock)
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.interrupt(signal.SIGINT, None)
+    clock.now += 0.2
+    supervisor.interrupt(signal.SIGINT, None)  # a copy of the first: ignored
+    clock.now += 1.5
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.interrupt(signal.SIGINT, None)
+    assert not supervisor._hurry.is_set()
 
 
 def test_a_signal_that_lands_inside_watch_still_stops_everything(tmp_path):
