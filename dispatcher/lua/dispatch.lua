@@ -488,13 +488,13 @@ local function retry_job(ns, id, name, now, exit_code, error)
   redis.call('HDEL', jk, 'exit_code', 'results', 'stdout', 'stderr', 'error', 'finished')
   if delay <= 0 then
     match_or_queue(ns, id, now, config(ns))
-    return redis.call('HGET', jk, 'status')
+    return redis.call('HGET', jk, 'status'), 0
   end
   redis.call('HSET', jk, 'status', 'pending', 'runner', '', 'start_deadline', '',
              'lease_deadline', '', 'started', '', 'claimed', '', 'retry_at', tostring(now + delay))
   redis.call('ZADD', delayed_key(ns), now + delay, id)
   group_release(ns, id, now)  -- (waiting for the retry holds no slot of its group)
-  return 'pending'
+  return 'pending', delay
 end
 
 -- Delayed retries due by `now` go to matching, at most `max_moves` per call (bounded work; the
@@ -1095,6 +1095,8 @@ Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats, delayed
 Reply: {"result": "recorded"|"duplicate"|"stale"|"unknown", "status": current status,
         "override": true when a `completed` replaced a lease-expiry failure of the same attempt,
         "retry": true when a `failed` was not final (a retry was left: the job is queued again),
+        "retry_in": with "retry", ms until a delayed retry is due (0: queued at once; the pod
+        sweeps then, so the retry does not wait for the namespace's next sweep),
         "retired": true when the runner was ephemeral and is now removed (the pod acknowledges,
         then closes the connection with 4001)}.
 Invariant: the first terminal state of an attempt wins (fenced by job + attempt + runner), except
@@ -1119,8 +1121,8 @@ local function finish(keys, args)
     extra[field] = value ~= '' and string.sub(value, 2) or false
   end
   if status == 'failed' and not override and retry_left(ns, id) then  -- the command failed
-    local after = retry_job(ns, id, name, now, extra.exit_code, args[10])
-    return cjson.encode({result = 'recorded', status = after, retry = true,
+    local after, delay = retry_job(ns, id, name, now, extra.exit_code, args[10])
+    return cjson.encode({result = 'recorded', status = after, retry = true, retry_in = delay,
                          retired = retire_if_ephemeral(ns, name, now, false)})
   end
   finalize(ns, id, status, status == 'completed' and '' or args[10], now, extra,

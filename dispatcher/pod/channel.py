@@ -260,6 +260,8 @@ async def on_terminal(pod: Pod, sock: RunnerSocket, message: messages.Message) -
         reply = await functions.run(pod.calls, call)
     if reply["result"] == "recorded":
         pod.wake_pump()
+        if int(reply.get("retry_in") or 0) > 0:
+            pod.sweep_at(int(reply["retry_in"]) / 1000)
     else:  # duplicate, stale or unknown: acknowledged all the same (rule 4)
         pod.metrics.fenced_reply(_TERMINAL_EVENT[type(message)], reply["result"])
     sock.session.job_done(message.job, message.attempt)

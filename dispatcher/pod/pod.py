@@ -41,6 +41,8 @@ from dispatcher.settings import Settings
 log = logging.getLogger(__name__)
 
 STOP_WAIT = 2.0
+# after a retry's due time: Redis's clock decides, and the pod's may run a little ahead
+SWEEP_MARGIN = 0.005
 PROBE_EVERY_TICKS = 10  # a doorbell probe every 10 reconcile intervals (10 s by default)
 IN_FLIGHT = frozenset({"claimed", "running"})
 REDIS_POOL_SIZE = 64  # connections per pod; more would not make one Redis any faster
@@ -388,6 +390,22 @@ class Pod:
                 self.spawn(self.observe(runner))
         finally:
             VIA_TICK.reset(via_tick)
+
+    def sweep_at(self, delay: float) -> None:
+        """Sweep in ``delay`` s: a delayed retry this pod scheduled is due then (any pod's
+        periodic sweep would release it too, up to two intervals later)."""
+        asyncio.get_running_loop().call_later(delay + SWEEP_MARGIN, self._sweep_soon)
+
+    def _sweep_soon(self) -> None:
+        if not self._stopped:
+            self.spawn(self._sweep())
+
+    async def _sweep(self) -> None:
+        try:
+            await self.tick(TickKind.SWEEP)
+        except redis.RedisError as exc:
+            self.metrics.redis_errors.labels("tick").inc()
+            log.warning("sweep failed: %s", exc)
 
     async def _tick_loop(self) -> None:
         ticks = 0

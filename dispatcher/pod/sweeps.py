@@ -5,15 +5,17 @@ lost bell cost latency only. The rest of the tick is the namespace's, not the po
 leases and releasing due retries (a *sweep*), and, less often, reaping dead pods and counting the
 pump's backlog (a *deep* sweep). Any pod may do either, by compare-and-set in one Redis Function
 (``dispatch_v3_tick``), so the pods share the work instead of each doing all of it: a pod sweeps
-every ``pods`` ticks (the live pod count its last deep sweep saw), from a random phase, so the
-namespace is swept about once per interval whatever the number of pods, and goes deep every
-``deep_every`` of its sweeps. A sweep also renews the pod's presence, so a pod never waits more
-than ``max_every`` ticks between two (a third of the presence TTL by default): a pod then holds
-its place in the pod set however many pods there are.
+every ``spread`` x ``pods`` ticks (``pods``: the live pod count its last deep sweep saw), from a
+random phase, so the namespace is swept about once per ``spread`` (2) intervals whatever the
+number of pods, and each pod goes deep every ``deep_every`` of its sweeps. A lease therefore
+expires up to 2 intervals late; a delayed retry does not wait for that, as the pod that scheduled
+it sweeps when it is due (``Pod.sweep_at``). A sweep also renews the pod's presence, so a pod
+never waits more than ``max_every`` ticks between two (a third of the presence TTL by default):
+a pod then holds its place in the pod set however many pods there are.
 
-Idle, that is 1 Redis command per pod per interval plus about 7 per interval for the namespace,
-against 10 per pod per interval when every tick did everything (``bench --scenario floor``
-measures it: 1,000 idle runners, pub/sub against the 1 s poll).
+Idle, that is 1 Redis command per pod per interval plus about 3.5 per interval for the namespace
+(2 pods: ~5 commands/s), against 10 per pod per interval when every tick did everything
+(``bench --scenario floor`` measures it: 1,000 idle runners, pub/sub against the 1 s poll).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import random
 from dataclasses import dataclass, field
 
 DEEP_EVERY = 5  # a pod's sweeps per deep sweep
+SPREAD = 2  # intervals between two sweeps of the namespace (all pods together)
 
 
 class TickKind(enum.Enum):
@@ -42,6 +45,7 @@ class SweepSchedule:
 
     max_every: int
     deep_every: int = DEEP_EVERY
+    spread: int = SPREAD
     rng: random.Random = field(default_factory=random.Random)
     pods: int = 1
     _until_sweep: int = 0
@@ -55,7 +59,7 @@ class SweepSchedule:
     @property
     def every(self) -> int:
         """Ticks between two sweeps of this pod."""
-        return max(1, min(self.pods, self.max_every))
+        return max(1, min(self.pods * self.spread, self.max_every))
 
     def next(self) -> TickKind:
         """The kind of the next tick."""

@@ -207,6 +207,23 @@ async def test_retry_delay_is_honoured(launch, settings, rclient, keys, client):
     assert rclient.zscore(keys.delayed, job_id) is None
 
 
+async def test_the_pod_that_schedules_a_retry_releases_it_when_due_not_at_a_sweep(
+    launch, settings, rclient, keys, client
+):
+    """Sweeps come every 2 intervals (an hour here): the pod that recorded the failure sweeps
+    when the retry is due (``Pod.sweep_at``)."""
+    pod = await launch(dataclasses.replace(settings, reconcile_interval=1200.0, pod_ttl=3600.0))
+    runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
+    job_id = client.submit(SPEC, CMD, retries=1, retry_delay=0.3)
+    job = await take_job(runner)
+    await start_job(runner, job)
+    await fail(runner, job)
+    await runner.send("ready", poll_timeout=30)
+    again = await runner.expect("job", timeout=10)
+    assert (again["job"], again["attempt"]) == (job_id, 2)
+    assert rclient.zscore(keys.delayed, job_id) is None
+
+
 async def test_a_job_waiting_for_its_retry_can_be_canceled(launch, settings, rclient, keys):
     pod = await launch(fast(settings))
     runner = await connect(pod, "r1", add_runner(settings, "r1", [SPEC]))
