@@ -397,15 +397,8 @@ class Pod:
         asyncio.get_running_loop().call_later(delay + SWEEP_MARGIN, self._sweep_soon)
 
     def _sweep_soon(self) -> None:
-        if not self._stopped:
-            self.spawn(self._sweep())
-
-    async def _sweep(self) -> None:
-        try:
-            await self.tick(TickKind.SWEEP)
-        except redis.RedisError as exc:
-            self.metrics.redis_errors.labels("tick").inc()
-            log.warning("sweep failed: %s", exc)
+        if not self._stopped:  # a failure is logged and counted by spawn; the next sweep retries
+            self.spawn(self.tick(TickKind.SWEEP))
 
     async def _tick_loop(self) -> None:
         ticks = 0
