@@ -19,6 +19,7 @@ same; and a second ``KeyboardInterrupt`` would end `up` before it stopped anythi
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import threading
@@ -105,8 +106,16 @@ def shown_path(path: Path) -> str:
 class Supervisor:
     """Starts children, restarts the ones that end, and stops them all in order."""
 
-    def __init__(self, say: Say, clock: Clock = time.monotonic, poll_interval: float = 0.2):
+    def __init__(
+        self,
+        say: Say,
+        clock: Clock = time.monotonic,
+        poll_interval: float = 0.2,
+        resend: Callable[[int], None] | None = None,
+    ):
         self.say = say
+        # sends the first signal again if it was lost (tests pass a recorder)
+        self.resend = resend if resend is not None else self._resend_later
         self.clock = clock
         self.poll_interval = poll_interval
         self.children: list[Child] = []
@@ -176,12 +185,25 @@ class Supervisor:
         now = self.clock()
         if self._interrupted is None:
             self._interrupted = now
+            self.resend(signum)  # comes back as "a later one" unless the stop began meanwhile
             raise KeyboardInterrupt
         if now - self._interrupted >= SAME_SIGNAL:
             if not self._stopping:
                 self._interrupted = now
                 raise KeyboardInterrupt
             self._hurry.set()  # said by _stop_tier: printing here could re-enter a print
+
+    def _resend_later(self, signum: int) -> None:
+        """Send ``signum`` to this process again a little after ``SAME_SIGNAL`` unless the stop
+        began meanwhile: it then raises anew (see ``interrupt``), so a lost first one costs a
+        second, not a second Ctrl-C."""
+        timer = threading.Timer(SAME_SIGNAL + 0.2, self._resend_if_lost, (signum,))
+        timer.daemon = True
+        timer.start()
+
+    def _resend_if_lost(self, signum: int) -> None:
+        if not self._stopping:
+            os.kill(os.getpid(), signum)
 
     def begin_stop(self) -> None:
         """From here on a signal hurries the stop, never ends it (call first thing when

@@ -123,7 +123,7 @@ def test_the_first_signal_interrupts_a_copy_is_ignored_and_a_later_one_hurries(t
     import pytest
 
     clock, said = Clock(), list[str]()
-    supervisor = Supervisor(said.append, clock=clock)
+    supervisor = Supervisor(said.append, clock=clock, resend=lambda _signum: None)
     with pytest.raises(KeyboardInterrupt):
         supervisor.interrupt(signal.SIGTERM, None)
     supervisor.begin_stop()  # as `up` does first thing when it stops
@@ -146,10 +146,11 @@ def test_a_later_signal_before_the_stop_began_interrupts_again():
     prints): a second Ctrl-C must still stop `up`."""
     import pytest
 
-    clock = Clock()
-    supervisor = Supervisor(lambda _text: None, clock=clock)
+    clock, resent = Clock(), list[int]()
+    supervisor = Supervisor(lambda _text: None, clock=clock, resend=resent.append)
     with pytest.raises(KeyboardInterrupt):
         supervisor.interrupt(signal.SIGINT, None)
+    assert resent == [signal.SIGINT]  # up sends it to itself again unless it began stopping
     clock.now += 0.2
     supervisor.interrupt(signal.SIGINT, None)  # a copy of the first: ignored
     clock.now += 1.5
