@@ -433,6 +433,61 @@ def run_sync(client: redis.Redis, call: Call[T]) -> T:
     return call.parse(reply)
 
 
+def _many_replies(calls: Sequence[Call[T]], replies: list[Any]) -> list[T | Exception]:
+    out: list[T | Exception] = []
+    for call, reply in zip(calls, replies, strict=True):
+        if isinstance(reply, redis.ResponseError):
+            out.append(_translate(reply))
+        elif isinstance(reply, Exception):
+            out.append(reply)
+        else:
+            out.append(call.parse(reply))
+    return out
+
+
+def _missing_at(replies: list[Any]) -> list[int]:
+    missing = (isinstance(r, redis.ResponseError) and _missing_function(r) for r in replies)
+    return [i for i, m in enumerate(missing) if m]
+
+
+def run_many_sync(client: redis.Redis, calls: Sequence[Call[T]]) -> list[T | Exception]:
+    """Run ``calls`` in one pipeline (one round trip; not a transaction: each call is atomic on its
+    own), loading the library first if Redis lacks it (then only the calls that found no function
+    run again). Per call: its value, or the exception its error reply maps to. A connection error
+    raises: which calls ran is then unknown, so callers retry only idempotent calls."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        for i in todo:
+            pipe.fcall(calls[i].name, len(calls[i].keys), *calls[i].keys_and_args)
+        for i, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            replies[i] = reply
+        todo = _missing_at(replies)
+        if not todo or attempt == 2:
+            break
+        load_library_sync(client)
+    return _many_replies(calls, replies)
+
+
+async def run_many(client: redis.asyncio.Redis, calls: Sequence[Call[T]]) -> list[T | Exception]:
+    """``run_many_sync`` for an asyncio client."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in (1, 2):
+        async with client.pipeline(transaction=False) as pipe:
+            for i in todo:
+                pipe.fcall(calls[i].name, len(calls[i].keys), *calls[i].keys_and_args)
+            got = await pipe.execute(raise_on_error=False)
+        for i, reply in zip(todo, got, strict=True):
+            replies[i] = reply
+        todo = _missing_at(replies)
+        if not todo or attempt == 2:
+            break
+        await load_library(client)
+    return _many_replies(calls, replies)
+
+
 async def run_then(
     client: redis.asyncio.Redis, call: Call[T], command: tuple[str | int, ...]
 ) -> tuple[T, Any]:

@@ -17,12 +17,13 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from dispatcher import functions
-from dispatcher.errors import NotFound
+from dispatcher.errors import InvalidInput, NotFound
 from dispatcher.groups import check_group
 from dispatcher.keys import Keys
 
@@ -103,6 +104,48 @@ def job_request(
     if check_payload:
         check_runner_payload(payload)
     return request
+
+
+# Submits per pipeline of ``submit_many``: one round trip each (about 200 KB of small jobs).
+SUBMIT_BATCH = 200
+
+
+def job_requests(jobs: Iterable[Mapping[str, Any]]) -> list[JobRequest]:
+    """Validate every item of a ``submit_many`` (each: ``submit``'s arguments by name, ``spec``
+    required) before anything is written; raise ValueError/TypeError naming the first bad item
+    (``jobs[3]: ...``). Two items with the same ``job_id`` are refused too (the second would
+    either repeat the first or be refused by Redis after the first went in)."""
+    out: list[JobRequest] = []
+    seen: dict[str, int] = {}
+    for i, job in enumerate(jobs):
+        if not isinstance(job, Mapping):
+            raise TypeError(f"jobs[{i}]: a mapping of submit's arguments, not {type(job).__name__}")
+        try:
+            request = job_request(**job)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"jobs[{i}]: {exc}") from None
+        if request.job_id in seen:
+            earlier = seen[request.job_id]
+            raise ValueError(f"jobs[{i}]: job_id {request.job_id} repeats jobs[{earlier}]")
+        seen[request.job_id] = i
+        out.append(request)
+    return out
+
+
+def batch_ids(first: int, replies: Sequence[str | Exception]) -> list[str]:
+    """The ids a pipeline of submits replied, in order. The first error reply is raised, naming
+    its item (``first``: the index of the batch's first item among all the items) and saying what
+    went in: every other item up to the batch's last, none after it (the caller sends no more)."""
+    for k, reply in enumerate(replies):
+        if isinstance(reply, InvalidInput):
+            last = first + len(replies) - 1
+            raise InvalidInput(
+                f"jobs[{first + k}]: {reply} (each job is its own submit: the other items up to "
+                f"jobs[{last}] were submitted, none after it)"
+            ) from reply
+        if isinstance(reply, Exception):
+            raise reply
+    return [str(r) for r in replies]
 
 
 def check_runner_payload(payload: Any) -> None:
