@@ -5,8 +5,9 @@ once connected, waits for ``go`` on stdin, then submits for ``duration`` seconds
 
 - ``rate``: an open loop at ``rate`` jobs/s on a fixed schedule (a late submit is not made up
   with a burst; the worst lateness is reported);
-- ``max``: as fast as the system takes them — back to back, pausing while the spec's pending
-  queue holds ``max_backlog`` jobs or more (0: never pause).
+- ``max``: as fast as the system takes them — ``MAX_BATCH`` jobs per round trip
+  (``Client.submit_many``) back to back, pausing while the spec's pending queue holds
+  ``max_backlog`` jobs or more (0: never pause).
 
 Every payload is ``{"t0": <time.time() just before the submit call>, "i": n}``. The job ids and
 their ``t0`` go to the results file; ``{"event": "done"}`` follows.
