@@ -316,10 +316,16 @@ def observe(keys: Keys, pod: str, runner: str, local_job: str) -> Call[dict[str,
     return Call(_fn("observe"), declared, (keys.namespace, pod, runner, local_job), _json)
 
 
-def start(keys: Keys, runner: str, job_id: str, attempt: int) -> Call[dict[str, Any]]:
+def start(
+    keys: Keys, runner: str, job_id: str, attempt: int, pod: str = "", conn: int | None = None
+) -> Call[dict[str, Any]]:
+    """``pod`` and ``conn`` (the connection the `running` came on): an "ok" also settles the
+    runner's entry in that pod's inbox (see the function's header)."""
     # outbox, stats, runners: past timeout + grace the job is canceled (an ephemeral runner retired)
-    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats, keys.runners)
-    return Call(_fn("start"), declared, (keys.namespace, runner, job_id, attempt), _json)
+    inbox = (keys.pod_inbox(pod),) if pod else ()
+    declared = (*_job_keys(keys, runner, job_id), keys.outbox, keys.stats, keys.runners, *inbox)
+    settle = (pod, conn) if pod and conn is not None else ()
+    return Call(_fn("start"), declared, (keys.namespace, runner, job_id, attempt, *settle), _json)
 
 
 def heartbeat(keys: Keys, runner: str, job_id: str, attempt: int) -> Call[dict[str, Any]]:

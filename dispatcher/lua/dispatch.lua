@@ -1027,13 +1027,19 @@ local function lost_reason(j)
 end
 
 --[[ dispatch_v3_start
-ARGV: ns, runner, job, attempt
+ARGV: ns, runner, job, attempt, then optionally pod and conn (the connection the `running` came
+      on; both '' or absent: no inbox to settle)
 Keys: runner:<runner>, job:<job>, leases, config, events, outbox, stats, runners (the last three
-      when past timeout + grace the job is canceled, which retires an ephemeral runner);
-      publishes on done.
+      when past timeout + grace the job is canceled, which retires an ephemeral runner),
+      pod:<pod>:inbox (with pod); publishes on done.
 Reply: {"result": "ok"} or {"result": "cancel", "reason": ...}.
 Invariant: only the runner holding the job's current attempt can start it or re-attach to it;
-a running job's lease and the runner record (busy, this job) are renewed.
+a running job's lease and the runner record (busy, this job) are renewed. With pod and conn, an
+"ok" also takes the runner out of that pod's inbox when `conn` is still its connection: the pod
+then holds what Redis holds (this job and attempt running on that connection), so any news the
+inbox kept for the runner is already settled (every ring changes the runner's conn, job or
+record, or the job's status, which this call has just checked). It spares the pod an `observe`
+after each job a match's bell delivered; news after this call rings and adds the runner again.
 ]]
 local function start(keys, args)
   local ns, name, id, attempt = args[1], args[2], args[3], args[4]
@@ -1055,8 +1061,12 @@ local function start(keys, args)
   if reap_job(ns, id, now, cfg, j) == 'timeout' then
     return cjson.encode({result = 'cancel', reason = 'timeout'})
   end
-  redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', attempt,
-             'last_seen', tostring(now))
+  local rk = runner_key(ns, name)
+  redis.call('HSET', rk, 'state', 'busy', 'job', id, 'attempt', attempt, 'last_seen', tostring(now))
+  local pod, conn = args[5], args[6]
+  if pod and pod ~= '' and conn and redis.call('HGET', rk, 'conn') == conn then
+    redis.call('SREM', pod_inbox_key(ns, pod), name)
+  end
   return cjson.encode({result = 'ok'})
 end
 

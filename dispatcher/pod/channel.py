@@ -218,7 +218,7 @@ async def on_running(pod: Pod, sock: RunnerSocket, message: messages.Message) ->
     assert isinstance(message, messages.Running)
     sock.session.check_running()  # 1008 while a poll is open
     await pod.polls.unlinger(sock)
-    call = functions.start(pod.keys, sock.runner, message.job, message.attempt)
+    call = functions.start(pod.keys, sock.runner, message.job, message.attempt, pod.id, sock.conn)
     reply = await functions.run(pod.calls, call)
     if reply["result"] == "ok":
         sock.session.start_job(message.job, message.attempt, Event.RUNNING)

@@ -7,7 +7,8 @@ runner to this pod's inbox and rung the pod's bell channel. ``observe`` reads th
 back from Redis (removing it from the inbox first) and makes the socket agree: send the `job`,
 push `cancel`, or close. A match's bell carries the offer and the connection generation it was
 made for: when that generation's socket is here and in its long poll, the pod sends the `job` at
-once and observes afterwards (which empties the inbox entry); anything else goes to ``observe``.
+once, and the runner's `running` empties the inbox entry (``start`` checks the connection, job
+and attempt are still what the pod holds); anything else goes to ``observe``.
 The bell is only the fast path; the tick re-reads the inbox every ``reconcile_interval`` and after
 every (re)subscribe, so a lost message costs latency only. A connection never gets the same job
 and attempt twice (``Session.sent``), whichever of the bell and the reconcile comes first.
@@ -274,8 +275,9 @@ class Pod:
         return action is not BellAction.OBSERVE
 
     async def _send_rung(self, sock: RunnerSocket, offer: Offer) -> None:
+        # no observe after it: the runner's `running` settles the inbox entry (``start``), and
+        # news after the bell rings again; a runner that never starts it is left to the tick
         await self._send_job(sock, offer, recovery=False)
-        await self.observe(sock.runner)  # the inbox entry, and anything that changed since
 
     async def _on_subscribed(self) -> None:
         await self.reconcile()

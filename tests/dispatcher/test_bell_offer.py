@@ -8,6 +8,7 @@ import json
 
 import redis
 
+from dispatcher import functions
 from dispatcher.keys import Keys
 from dispatcher.pod import Pod
 from dispatcher.pod.bells import Bell, Offer, parse_bell
@@ -252,3 +253,46 @@ async def test_a_bell_for_an_attempt_given_back_at_the_linger_end_is_never_sent(
     await bell_handled(the_pod, rclient, keys)
     second = submit(rclient, keys)
     assert (await late.expect("job"))["job"] == second  # not the job y1 is running
+
+
+# -- the inbox entry of a bell-delivered job: settled by the runner's `running` --------------------
+
+
+async def test_the_running_of_a_bell_delivered_job_empties_the_inbox_without_an_observe(
+    launch: Launch, settings: Settings, rclient: RClient, keys: Keys
+) -> None:
+    # ticks far apart: only the `running` can take the runner out of the inbox here
+    pod = await launch(dataclasses.replace(settings, reconcile_interval=30.0, pod_ttl=120.0))
+    runner = await idle_runner(pod, settings, rclient, keys)
+    the_pod = pod.server.pod
+    observed: list[str] = []
+    observe = the_pod.observe
+
+    async def counting(name: str) -> None:
+        observed.append(name)
+        await observe(name)
+
+    the_pod.observe = counting  # type: ignore[method-assign,assignment]
+    job_id = submit(rclient, keys)
+    frame = await runner.expect("job")
+    assert frame["job"] == job_id
+    await bell_handled(the_pod, rclient, keys)
+    assert rclient.sismember(keys.pod_inbox(pod.id), "r1")  # the match's entry, not yet settled
+    await start_job(runner, frame)
+    assert not rclient.sismember(keys.pod_inbox(pod.id), "r1")
+    assert observed == []  # the bell and the `running` were enough: no observe call at all
+    assert job_rec(rclient, keys, job_id)["status"] == "running"
+
+
+async def test_news_after_the_bell_stays_in_the_inbox_and_is_observed(
+    pod: RunningPod, settings: Settings, rclient: RClient, keys: Keys
+) -> None:
+    """The job is canceled between its bell and the runner's `running`: `start` refuses it and
+    leaves the entry; the cancel's own bell (or the tick) pushes `cancel`."""
+    runner = await idle_runner(pod, settings, rclient, keys)
+    job_id = submit(rclient, keys)
+    frame = await runner.expect("job")
+    functions.run_sync(rclient, functions.cancel(keys, job_id))
+    await runner.send("running", job=job_id, attempt=frame["attempt"])
+    pushed = await runner.expect("cancel")
+    assert pushed["job"] == job_id
