@@ -3,10 +3,12 @@
 Steps, one after the other on the same Redis (each in a fresh namespace, its processes stopped
 and its keys deleted before the next):
 
-- (a) ``small``: 10 idle runners on 2 pods, 10 jobs/s for 20 s — pub/sub, poll, plain rq;
+- (a) ``small``: 10 idle runners on 2 pods, 10 jobs/s for 20 s — pub/sub, poll, plain rq, and
+  the bare chain at that rate (``bench.chainfloor``: PUBLISH → a process → a WebSocket frame,
+  no dispatcher code: the floor the latencies stand on);
 - (b) ``headline``: 1,000 idle runners on 2 pods, 100 jobs/s for 20 s — pub/sub, poll, plain
-  rq (the load of the issue's latency targets), and ``idle``: the same 1,000 runners with no
-  jobs, Redis commands/s in both modes;
+  rq, the bare chain (the load of the issue's latency targets), and ``idle``: the same 1,000
+  runners with no jobs, Redis commands/s in both modes;
 - in (a) and (b) the runners poll at independent phases (``bench.phased``: the honest baseline),
   and poll mode runs once more with runners connected in one burst (``poll_lockstep``), the way
   the other scenarios run it, to show how much that flatters the pub/sub ÷ poll ratio;
@@ -95,6 +97,7 @@ def steps(h: Harness, p: Plan) -> list[Step]:
             (f"{name}/poll", functools.partial(scenarios.latency, phased, size, "poll")),
             (f"{name}/poll_lockstep", functools.partial(scenarios.latency, h, size, "poll")),
             (f"{name}/rq", functools.partial(peers.rq_peer, h, size, name)),
+            (f"{name}/chain", functools.partial(chain, h, size)),
         ]
     out += [
         ("idle/pubsub", functools.partial(scenarios.idle, h, p.idle, "pubsub")),
@@ -103,6 +106,24 @@ def steps(h: Harness, p: Plan) -> list[Step]:
         ("connmem", functools.partial(connmem, h, p.connmem)),
     ]
     return out
+
+
+async def chain(h: Harness, size: Size) -> dict[str, Any]:
+    """The bare chain at the step's rate (``bench.chainfloor``): the floor its latency stands on."""
+    work = h.work_dir / "chainfloor"
+    work.mkdir(exist_ok=True)
+    out = work / f"rate-{size.rate:g}.json"
+    count = max(50, int(size.rate * size.duration))
+    args = ["--redis-url", h.redis_url, "--rate", f"{size.rate:g}", "--count", str(count)]
+    child = await h.procs.python("chainfloor", "bench.chainfloor", *args, "--out", str(out), env={})
+    try:
+        code = await asyncio.wait_for(child.proc.wait(), size.duration + 120)
+    finally:
+        await h.procs.stop(child, 10)
+    if code != 0 or not out.exists():
+        raise child.failure(f"exited {code} without its result")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return {**result, "latency_ms": {"p50": result["p50_ms"], "p99": result["p99_ms"]}}
 
 
 async def connmem(h: Harness, size: Size) -> dict[str, Any]:

@@ -57,7 +57,11 @@ def test_every_step_ran_without_error(floor_run: dict[str, Any]) -> None:
     f = floor_run["scenarios"]["floor"]
     assert f["errors"] == {}
     assert set(f["runs"]) == {"small", "headline", "idle", "throughput", "connmem"}
-    assert set(f["runs"]["small"]) == set(f["runs"]["headline"]) == {*SYSTEMS, "rq"}
+    assert set(f["runs"]["small"]) == set(f["runs"]["headline"]) == {*SYSTEMS, "rq", "chain"}
+    for step in ("small", "headline"):  # the bare chain: every message measured, at the rate
+        bare = f["runs"][step]["chain"]
+        assert bare["rate"] == f["plan"][step]["rate"] and bare["count"] >= 50
+        assert 0 < bare["latency_ms"]["p50"] <= bare["latency_ms"]["p99"]
     assert set(f["runs"]["idle"]) == {"pubsub", "poll"}
     assert len(f["loadavg"]["start"]) == len(f["loadavg"]["end"]) == 3
 

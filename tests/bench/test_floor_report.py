@@ -47,12 +47,14 @@ def result(**changes: Any) -> dict[str, Any]:
                 "poll": lat(66.0, 600.0),
                 "poll_lockstep": lat(480.0, 990.0),
                 "rq": lat(2.0, 4.0),
+                "chain": {"latency_ms": {"p50": 0.8, "p99": 1.6}, "rate": 10.0, "count": 200},
             },
             "headline": {
                 "pubsub": lat(0.9, 2.0),
                 "poll": lat(7.0, 300.0),
                 "poll_lockstep": lat(30.0, 400.0),
                 "rq": lat(2.1, 5.0),
+                "chain": {"latency_ms": {"p50": 0.7, "p99": 1.4}, "rate": 100.0, "count": 2000},
             },
             "idle": {"pubsub": idle(14.0, 2.0), "poll": idle(16_000.0, 1_000.0)},
             "throughput": {"acknowledged_per_s": 2100.0},
@@ -208,3 +210,14 @@ def test_the_lockstep_ratio_is_shown_beside_the_honest_one() -> None:
     assert rows["(a) p50 poll, connected together ÷ pub/sub"]["value"] == 1600.0
     assert rows["(a) 10 runners: poll, connected together p50 / p99"]["value"] == "480.0 / 990.0"
     assert rows["(a) p50 poll, connected together ÷ pub/sub"]["met"] is None
+
+
+def test_the_bare_chain_is_shown_beside_the_latencies_and_is_no_system() -> None:
+    rows = floorreport.evaluate(result())
+    by_figure = {r["figure"]: r for r in rows}
+    assert by_figure["(b) 1,000 runners: bare chain (no dispatcher) p50 / p99"]["value"] == (
+        "0.700 / 1.400"
+    )
+    p50_row = next(r for r in rows if r["figure"].startswith("submit → `job` p50"))
+    assert "bare chain at this rate p50 0.700 ms" in p50_row["note"]
+    assert not [r for r in rows if r["figure"].startswith("lost / dup") and "chain" in r["figure"]]
