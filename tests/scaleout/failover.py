@@ -548,6 +548,7 @@ def _drive(world: World) -> Outcome:
     time.sleep(plan.before)  # load shape: the kill hits a system in full flow
     watch = PromotionWatch(topology)
     killed_at = topology.kill_primary()
+    offsets = topology.replica_offsets()
     watch.start()
     try:
         wait_for(lambda: watch.at is not None, plan.resume_bound, "the promotion", 0.05)
@@ -566,6 +567,9 @@ def _drive(world: World) -> Outcome:
     outcome = Outcome(plan.topology, plan.durability, plan.rate)
     ports = ", ".join(str(p) for p in sorted(topology.killed))
     outcome.notes.append(f"kill -9 of the primary on port {ports}")
+    outcome.notes.append(
+        f"replication offsets right after the kill {offsets}; new primary {topology.primary_port()}"
+    )
     stopped = set(p.name for p in world.procs) - set(world.alive())
     if stopped:
         outcome.notes.append(f"processes that exited: {sorted(stopped)}")

@@ -59,6 +59,18 @@ class Topology:
         self.killed.add(port)
         return at
 
+    def replica_offsets(self) -> dict[int, int | None]:
+        """Each replica's replication offset now (None: it does not answer). Read right after a
+        kill, it shows which replica had the most of the dead primary's writes: a promotion of
+        another one loses the difference, whatever WAIT counted."""
+        out: dict[int, int | None] = {}
+        for port in self.replicas:
+            out[port] = None
+            with contextlib.suppress(redis.RedisError, OSError), _client(port) as client:
+                info = client.info("replication")
+                out[port] = int(info.get("slave_repl_offset", info.get("master_repl_offset", 0)))
+        return out
+
     def primary_port(self) -> int | None:
         """The port of the node serving the namespace, as the topology says now (None: unknown)."""
         for port in self.watchers:
