@@ -27,7 +27,6 @@ from dispatcher.keys import Keys
 from dispatcher.settings import Settings
 
 JOB_TIMEOUT = 600
-BACKLOG_CHECK_EVERY = 20
 # ``max`` submits this many jobs per round trip (``Client.submit_many``), as a CI system
 # submitting a pipeline's jobs would: one submit at a time bounds the rate by the round trip
 # (~1 ms on a busy machine), not by the dispatcher
@@ -55,7 +54,7 @@ def produce(cfg: ProducerConfig, client: Client, probe: redis.Redis) -> Producer
         else:
             if time.time() >= end:
                 break
-            if cfg.max_backlog and i % BACKLOG_CHECK_EVERY < MAX_BATCH:
+            if cfg.max_backlog:  # before every batch: one ZCARD per MAX_BATCH jobs
                 while time.time() < end and int(probe.zcard(pending_key)) >= cfg.max_backlog:
                     time.sleep(0.002)
         n = 1 if cfg.mode == "rate" else MAX_BATCH
