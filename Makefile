@@ -96,7 +96,8 @@ FLOOR_TESTS ?= tests/dispatcher/test_wsprotocol.py tests/dispatcher/test_handsha
 	tests/dispatcher/test_frontdoor.py tests/dispatcher/test_wskeepalive.py \
 	tests/dispatcher/test_channel_bad_input.py tests/dispatcher/test_channel_close.py \
 	tests/dispatcher/test_auth.py tests/dispatcher/test_serve.py tests/worker_bridge/test_tasks.py \
-	tests/dispatcher/test_hotlane.py tests/dispatcher/test_faults.py tests/dispatcher/test_retries.py
+	tests/dispatcher/test_hotlane.py tests/dispatcher/test_faults.py tests/dispatcher/test_retries.py \
+	tests/dispatcher/test_submit_many.py tests/dispatcher/test_start_settles_inbox.py
 test-floor:
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/pip install --quiet --upgrade pip
