@@ -498,6 +498,60 @@ class World:
             proc.stop(signal.SIGTERM, timeout=5)
 
 
+class SentinelEvents:
+    """What one sentinel announces (``+sdown``, ``+odown``, ``+switch-master``, ...) while the
+    load runs, with the time each came: a failover that began before the kill, or two in a row,
+    shows here. Nothing for a cluster topology."""
+
+    WANTED = (
+        "+sdown",
+        "-sdown",
+        "+odown",
+        "+switch-master",
+        "+promoted-slave",
+        "+failover-end",
+        "-failover-abort-not-elected",
+        "+new-epoch",
+        "+try-failover",
+        "+elected-leader",
+        "+selected-slave",
+        "+convert-to-slave",
+    )
+
+    def __init__(self, topology: Topology) -> None:
+        self.events: list[tuple[float, str, str]] = []
+        self._stop = threading.Event()
+        self._port = topology.watchers[0] if topology.kind == "sentinel" else None
+        self._thread = threading.Thread(target=self._run, name="sentinel-events", daemon=True)
+
+    def start(self) -> None:
+        if self._port is not None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        if self._port is None:
+            return
+        with contextlib.suppress(redis.RedisError, OSError):
+            client = redis.Redis(port=self._port, decode_responses=True, socket_timeout=5)
+            pubsub = client.pubsub()
+            pubsub.subscribe(*self.WANTED)
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if message and message["type"] == "message":
+                    self.events.append((time.time(), message["channel"], message["data"]))
+            pubsub.close()
+            client.close()
+
+    def summary(self, killed_at: float) -> str:
+        shown = [f"{t - killed_at:+.2f}s {ch} {data}" for t, ch, data in self.events[:24]]
+        return "sentinel events (from the kill): " + ("; ".join(shown) or "none")
+
+
 class PromotionWatch:
     """Polls the topology every 20 ms from a thread: the time a new primary is named."""
 
@@ -543,6 +597,8 @@ def _drive(world: World) -> Outcome:
     plan, topology = world.plan, world.topology
     assert world.runners is not None and world.producer is not None
     seen, producer = world.runners.seen, world.producer
+    announced = SentinelEvents(topology)
+    announced.start()
     producer.start()
     wait_for(lambda: len(seen.acks) >= 10, 60, "jobs flowing", 0.1)
     time.sleep(plan.before)  # load shape: the kill hits a system in full flow
@@ -564,12 +620,15 @@ def _drive(world: World) -> Outcome:
     finally:
         watch.stop()
         producer.stop()
+        announced.stop()
     outcome = Outcome(plan.topology, plan.durability, plan.rate)
     ports = ", ".join(str(p) for p in sorted(topology.killed))
     outcome.notes.append(f"kill -9 of the primary on port {ports}")
     outcome.notes.append(
         f"replication offsets right after the kill {offsets}; new primary {topology.primary_port()}"
     )
+    if topology.kind == "sentinel":
+        outcome.notes.append(announced.summary(killed_at))
     stopped = set(p.name for p in world.procs) - set(world.alive())
     if stopped:
         outcome.notes.append(f"processes that exited: {sorted(stopped)}")
@@ -637,7 +696,9 @@ def count(
             outcome.processed += 1
         if s.replied is not None and not status:
             outcome.submits_lost += 1
-            outcome.details.append(f"{s.job}: replied at {s.replied:.3f}, no record afterwards")
+            outcome.details.append(
+                f"{s.job}: replied {s.replied - killed_at:+.3f} s from the kill, no record after"
+            )
         elif s.replied is not None and status not in FINAL:
             outcome.not_final += 1
             outcome.details.append(f"{s.job}: not final: {record}")
