@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import peers, scenarios
@@ -112,18 +113,26 @@ async def chain(h: Harness, size: Size) -> dict[str, Any]:
     """The bare chain at the step's rate (``bench.chainfloor``): the floor its latency stands on."""
     work = h.work_dir / "chainfloor"
     work.mkdir(exist_ok=True)
-    out = work / f"rate-{size.rate:g}.json"
     count = max(50, int(size.rate * size.duration))
     args = ["--redis-url", h.redis_url, "--rate", f"{size.rate:g}", "--count", str(count)]
-    child = await h.procs.python("chainfloor", "bench.chainfloor", *args, "--out", str(out), env={})
+    out = work / f"rate-{size.rate:g}.json"
+    result = await _json_child(h, "chainfloor", "bench.chainfloor", args, out, size.duration + 120)
+    return {**result, "latency_ms": {"p50": result["p50_ms"], "p99": result["p99_ms"]}}
+
+
+async def _json_child(
+    h: Harness, name: str, module: str, args: list[str], out: Path, timeout: float
+) -> dict[str, Any]:
+    """Run ``python -m module args --out out`` under the harness; the JSON object it wrote."""
+    child = await h.procs.python(name, module, *args, "--out", str(out), env={})
     try:
-        code = await asyncio.wait_for(child.proc.wait(), size.duration + 120)
+        code = await asyncio.wait_for(child.proc.wait(), timeout)
     finally:
         await h.procs.stop(child, 10)
     if code != 0 or not out.exists():
         raise child.failure(f"exited {code} without its result")
     result: dict[str, Any] = json.loads(out.read_text())
-    return {**result, "latency_ms": {"p50": result["p50_ms"], "p99": result["p99_ms"]}}
+    return result
 
 
 async def connmem(h: Harness, size: Size) -> dict[str, Any]:
@@ -142,17 +151,11 @@ async def connmem(h: Harness, size: Size) -> dict[str, Any]:
 async def _run_hook(h: Harness, size: Size) -> dict[str, Any]:
     work = h.work_dir / "connmem"
     work.mkdir(exist_ok=True)
-    out = work / "result.json"
     args = ["--runners", str(size.runners), "--per-process", str(size.per_process)]
-    args += ["--redis-url", h.redis_url, "--work-dir", str(work), "--out", str(out)]
-    child = await h.procs.python("connmem", CONNMEM_HOOK, *args, env={})
-    try:
-        code = await asyncio.wait_for(child.proc.wait(), CONNMEM_TIMEOUT)
-    finally:
-        await h.procs.stop(child, 10)
-    if code != 0 or not out.exists():
-        raise child.failure(f"exited {code} without its result")
-    result: dict[str, Any] = json.loads(out.read_text())
+    args += ["--redis-url", h.redis_url, "--work-dir", str(work)]
+    result = await _json_child(
+        h, "connmem", CONNMEM_HOOK, args, work / "result.json", CONNMEM_TIMEOUT
+    )
     if not isinstance(result.get("rss_per_connection_kib"), int | float):
         raise ValueError("its result has no rss_per_connection_kib")
     return result

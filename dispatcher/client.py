@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis
 import redis.asyncio
@@ -51,6 +52,30 @@ from dispatcher.waiters import DoneWaiters
 # A submit that meets a connection error is sent again with the same job id after these delays
 # (about 15 s in all: a Redis restart or failover), then the error is raised.
 SUBMIT_RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 4.0)
+
+T = TypeVar("T")
+
+
+def _retried(send: Callable[[], T]) -> T:
+    """``send`` (an idempotent submit: its job ids are chosen before sending), sent again after a
+    connection error, after each of ``SUBMIT_RETRY_DELAYS``; the last error is raised."""
+    for delay in SUBMIT_RETRY_DELAYS:
+        try:
+            return send()
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(delay)
+    return send()
+
+
+async def _retried_async(send: Callable[[], Awaitable[T]]) -> T:
+    """``_retried`` for a coroutine."""
+    for delay in SUBMIT_RETRY_DELAYS:
+        try:
+            return await send()
+        except (redis.ConnectionError, redis.TimeoutError):
+            await asyncio.sleep(delay)
+    return await send()
+
 
 RECHECK_INTERVAL = 5.0
 DEFAULT_MAX_CONNECTIONS = 32
@@ -156,12 +181,8 @@ class Client:
             retry_delay=retry_delay,
             group=group,
         )
-        for delay in SUBMIT_RETRY_DELAYS:
-            try:
-                return functions.run_sync(self._redis, request.call(self.keys))
-            except (redis.ConnectionError, redis.TimeoutError):
-                time.sleep(delay)
-        return functions.run_sync(self._redis, request.call(self.keys))
+        call = request.call(self.keys)
+        return _retried(functools.partial(functions.run_sync, self._redis, call))
 
     def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Submit several jobs, ``SUBMIT_BATCH`` per round trip (a pipeline); return their ids in
@@ -177,14 +198,7 @@ class Client:
         ids: list[str] = []
         for first in range(0, len(requests), SUBMIT_BATCH):
             calls = [r.call(self.keys) for r in requests[first : first + SUBMIT_BATCH]]
-            for delay in SUBMIT_RETRY_DELAYS:
-                try:
-                    replies = functions.run_many_sync(self._redis, calls)
-                    break
-                except (redis.ConnectionError, redis.TimeoutError):
-                    time.sleep(delay)
-            else:
-                replies = functions.run_many_sync(self._redis, calls)
+            replies = _retried(functools.partial(functions.run_many_sync, self._redis, calls))
             ids.extend(batch_ids(first, replies))
         return ids
 
@@ -489,12 +503,8 @@ class AsyncClient:
             retry_delay=retry_delay,
             group=group,
         )
-        for delay in SUBMIT_RETRY_DELAYS:
-            try:
-                return await functions.run(self._redis, request.call(self.keys))
-            except (redis.ConnectionError, redis.TimeoutError):
-                await asyncio.sleep(delay)
-        return await functions.run(self._redis, request.call(self.keys))
+        call = request.call(self.keys)
+        return await _retried_async(functools.partial(functions.run, self._redis, call))
 
     async def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
         """``Client.submit_many``: several jobs, ``SUBMIT_BATCH`` per round trip."""
@@ -502,14 +512,8 @@ class AsyncClient:
         ids: list[str] = []
         for first in range(0, len(requests), SUBMIT_BATCH):
             calls = [r.call(self.keys) for r in requests[first : first + SUBMIT_BATCH]]
-            for delay in SUBMIT_RETRY_DELAYS:
-                try:
-                    replies = await functions.run_many(self._redis, calls)
-                    break
-                except (redis.ConnectionError, redis.TimeoutError):
-                    await asyncio.sleep(delay)
-            else:
-                replies = await functions.run_many(self._redis, calls)
+            send = functools.partial(functions.run_many, self._redis, calls)
+            replies = await _retried_async(send)
             ids.extend(batch_ids(first, replies))
         return ids
 

@@ -271,13 +271,10 @@ class Pod:
             return False
         action = sock.session.rung(bell, sock.conn)
         if action is BellAction.SEND and self._begin_delivery(sock, bell.offer):
-            self.spawn(self._send_rung(sock, bell.offer))
+            # no observe after it: the runner's `running` settles the inbox entry (``start``),
+            # news after the bell rings again, a runner that never starts it is left to the tick
+            self.spawn(self._send_job(sock, bell.offer, recovery=False))
         return action is not BellAction.OBSERVE
-
-    async def _send_rung(self, sock: RunnerSocket, offer: Offer) -> None:
-        # no observe after it: the runner's `running` settles the inbox entry (``start``), and
-        # news after the bell rings again; a runner that never starts it is left to the tick
-        await self._send_job(sock, offer, recovery=False)
 
     async def _on_subscribed(self) -> None:
         await self.reconcile()
