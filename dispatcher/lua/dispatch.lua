@@ -37,7 +37,14 @@ or after its retry_delay through the delayed set) as a new attempt; see `retry_j
 -- ---------------------------------------------------------------------------------------------
 -- key names (mirror of dispatcher/keys.py)
 -- ---------------------------------------------------------------------------------------------
-local function key(ns, ...) return table.concat({ns, ...}, ':') end
+-- Up to four parts after the namespace, joined with ':' by one concatenation (no table: these
+-- run several times per call, and a table plus table.concat cost a few times more).
+local function key(ns, a, b, c, d)
+  if d then return ns .. ':' .. a .. ':' .. b .. ':' .. c .. ':' .. d end
+  if c then return ns .. ':' .. a .. ':' .. b .. ':' .. c end
+  if b then return ns .. ':' .. a .. ':' .. b end
+  return ns .. ':' .. a
+end
 local function job_key(ns, id) return key(ns, 'job', id) end
 local function runner_key(ns, name) return key(ns, 'runner', name) end
 local function pending_key(ns, spec) return key(ns, 'pending', spec) end
@@ -80,6 +87,16 @@ end
 
 local function fail(msg) return redis.error_reply('ERR ' .. msg) end
 
+-- The decimal text of a whole number (ms timestamps, deadlines, counters): what tostring gives
+-- below 1e14, but tostring formats with '%.14g', which costs several times more (a lifecycle
+-- formats a dozen timestamps). Any other value: tostring.
+local function as_text(v)
+  if type(v) == 'number' and v % 1 == 0 and v > -1e14 and v < 1e14 then
+    return string.format('%d', v)
+  end
+  return tostring(v)
+end
+
 -- The control fields of a job (never the payload or outputs, which may be large).
 local JOB_FIELDS = {'id', 'spec', 'status', 'attempt', 'runner', 'priority', 'timeout',
                     'max_attempts', 'runs', 'lost_starts', 'qmember', 'start_deadline',
@@ -100,7 +117,7 @@ local function write_fields(k, set)
       table.insert(hdel, name)
     else
       table.insert(hset, name)
-      table.insert(hset, tostring(value))
+      table.insert(hset, as_text(value))
     end
   end
   if #hset > 2 then redis.call(unpack(hset)) end
@@ -119,10 +136,10 @@ end
 
 local function emit(ns, now, event, job, fields)
   local args = {'XADD', key(ns, 'events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-                'event', event, 'job', job or '', 'ts', tostring(now)}
+                'event', event, 'job', job or '', 'ts', as_text(now)}
   for name, value in pairs(fields or {}) do
     table.insert(args, name)
-    table.insert(args, tostring(value))
+    table.insert(args, as_text(value))
   end
   redis.call(unpack(args))
 end
@@ -183,7 +200,7 @@ local function free_runner(ns, name, job_id, now)
   if r[1] ~= job_id then return nil end
   local pod = r[2]
   local state = (pod and pod ~= '') and 'idle' or 'offline'
-  redis.call('HSET', rk, 'job', '', 'attempt', '', 'state', state, 'idle_since', tostring(now))
+  redis.call('HSET', rk, 'job', '', 'attempt', '', 'state', state, 'idle_since', as_text(now))
   return pod
 end
 
@@ -303,11 +320,11 @@ local function assign(ns, id, name, now, cfg, specs)
   local jk = job_key(ns, id)
   local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
   local deadline = now + cfg.start
-  redis.call('HSET', jk, 'status', 'claimed', 'runner', name, 'claimed', tostring(now),
-             'start_deadline', tostring(deadline), 'started', '', 'lease_deadline', '')
-  redis.call('ZADD', leases_key(ns), deadline, id)
+  redis.call('HSET', jk, 'status', 'claimed', 'runner', name, 'claimed', as_text(now),
+             'start_deadline', as_text(deadline), 'started', '', 'lease_deadline', '')
+  redis.call('ZADD', leases_key(ns), as_text(deadline), id)
   unidle(ns, name, specs)
-  redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', tostring(attempt))
+  redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', as_text(attempt))
   group_claim(ns, id)
   count(ns, 'dispatched')
   emit(ns, now, 'claimed', id, {attempt = attempt, runner = name})
@@ -581,14 +598,14 @@ local function finalize(ns, id, status, error, now, extra, known)
   local jk = job_key(ns, id)
   log_final_attempt(ns, id, status, error, now, extra, known and known.status)
   local fields = extra or {}
-  fields.status, fields.error, fields.finished = status, error or '', tostring(now)
+  fields.status, fields.error, fields.finished = status, error or '', as_text(now)
   write_fields(jk, fields)
   redis.call('ZREM', leases_key(ns), id)
   count(ns, status)
   local attempt = (known and known.attempt) or redis.call('HGET', jk, 'attempt')
   emit(ns, now, status, id, {attempt = attempt, error = error or ''})
   if status ~= 'completed' then publish_done(ns, id) end
-  redis.call('ZADD', outbox_key(ns), now, id .. ':' .. attempt)
+  redis.call('ZADD', outbox_key(ns), as_text(now), id .. ':' .. attempt)
   group_release(ns, id, now)
 end
 
@@ -656,7 +673,7 @@ local function reap_job(ns, id, now, cfg, loaded)
     end
     if now >= tonumber(j.lease_deadline) then return expire_lease(ns, j, now, cfg) end
   end
-  redis.call('ZADD', leases_key(ns), next_deadline(j, cfg), id)
+  redis.call('ZADD', leases_key(ns), as_text(next_deadline(j, cfg)), id)
   return nil
 end
 
@@ -751,7 +768,7 @@ local function submit(keys, args)
   local jk = job_key(ns, id)
   redis.call('HSET', jk, 'id', id, 'spec', spec, 'payload', payload, 'priority', priority_text,
              'timeout', tostring(timeout), 'max_attempts', tostring(max_attempts), 'attempt', '0',
-             'status', 'pending', 'runner', '', 'created', tostring(now),
+             'status', 'pending', 'runner', '', 'created', as_text(now),
              'qmember', string.format('%016d', seq) .. ':' .. id, 'lost_starts', '0', 'runs', '0')
   redis.call('HSET', jk, 'retries', retry_opts[1], 'retry_delay', retry_opts[2], 'retries_used', '0')
   redis.call('SADD', key(ns, 'specs'), spec)
@@ -807,7 +824,7 @@ local function runner_add(keys, args)
   local now = now_ms()
   redis.call('HSET', rk, 'name', name, 'token_hash', token_hash, 'specs', specs_json,
              'state', 'offline', 'pod', '', 'conn', '0', 'job', '', 'attempt', '', 'polling', '0',
-             'created', tostring(now), 'last_seen', '', 'idle_since', tostring(now))
+             'created', as_text(now), 'last_seen', '', 'idle_since', as_text(now))
   if args[5] == '1' then redis.call('HSET', rk, 'ephemeral', '1') end  -- see retire_if_ephemeral
   redis.call('SADD', key(ns, 'runners'), name)
   for _, spec in ipairs(specs) do redis.call('SADD', key(ns, 'specs'), spec) end
@@ -864,7 +881,7 @@ local function attach(keys, args)
     notify(ns, r[1], name)
   end
   local state = (r[2] and r[2] ~= '') and 'busy' or 'idle'
-  redis.call('HSET', rk, 'pod', pod, 'state', state, 'last_seen', tostring(now))
+  redis.call('HSET', rk, 'pod', pod, 'state', state, 'last_seen', as_text(now))
   redis.call('SADD', pod_runners_key(ns, pod), name)
   return cjson.encode({conn = conn, job = r[2] or '', attempt = tonumber(r[3])})
 end
@@ -882,7 +899,7 @@ local function detach(keys, args)
   if r[1] ~= conn or r[2] ~= pod then return 0 end
   unidle(ns, name)
   local state = (r[3] and r[3] ~= '') and 'busy' or 'offline'
-  redis.call('HSET', rk, 'pod', '', 'state', state, 'last_seen', tostring(now_ms()))
+  redis.call('HSET', rk, 'pod', '', 'state', state, 'last_seen', as_text(now_ms()))
   redis.call('SREM', pod_runners_key(ns, pod), name)
   return 1
 end
@@ -932,7 +949,7 @@ local function ready(keys, args)
     r = redis.call('HMGET', rk, unpack(fields))
   end
   if info and info ~= '' then redis.call('HSET', rk, 'info', info) end
-  redis.call('HSET', rk, 'state', 'idle', 'last_seen', tostring(now))
+  redis.call('HSET', rk, 'state', 'idle', 'last_seen', as_text(now))
   local parked = park_if_paused(rk, mode, r[3])
   if parked then return parked end
   local specs = r[4] and cjson.decode(r[4]) or {}
@@ -944,7 +961,7 @@ local function ready(keys, args)
     return cjson.encode(offer)
   end
   if mode == 'try' then return cjson.encode({result = 'none'}) end
-  local since = r[5] or tostring(now)
+  local since = r[5] or as_text(now)
   for _, spec in ipairs(specs) do redis.call('ZADD', idle_key(ns, spec), since, name) end
   redis.call('HSET', rk, 'polling', '1')
   return cjson.encode({result = 'idle'})
@@ -1049,11 +1066,11 @@ local function start(keys, args)
   end
   local now, cfg = now_ms(), config(ns)
   local jk = job_key(ns, id)
-  j.lease_deadline = tostring(now + cfg.lease)
+  j.lease_deadline = as_text(now + cfg.lease)
   if j.status == 'claimed' then  -- one HSET: `runs` + 1 (as HINCRBY would), the lease renewed
-    redis.call('HSET', jk, 'status', 'running', 'started', tostring(now), 'lost_starts', '0',
-               'runs', tostring((tonumber(j.runs) or 0) + 1), 'lease_deadline', j.lease_deadline)
-    j.status, j.started, j.lost_starts = 'running', tostring(now), '0'
+    redis.call('HSET', jk, 'status', 'running', 'started', as_text(now), 'lost_starts', '0',
+               'runs', as_text((tonumber(j.runs) or 0) + 1), 'lease_deadline', j.lease_deadline)
+    j.status, j.started, j.lost_starts = 'running', as_text(now), '0'
     emit(ns, now, 'running', id, {attempt = attempt, runner = name})
   else
     redis.call('HSET', jk, 'lease_deadline', j.lease_deadline)
@@ -1062,7 +1079,7 @@ local function start(keys, args)
     return cjson.encode({result = 'cancel', reason = 'timeout'})
   end
   local rk = runner_key(ns, name)
-  redis.call('HSET', rk, 'state', 'busy', 'job', id, 'attempt', attempt, 'last_seen', tostring(now))
+  redis.call('HSET', rk, 'state', 'busy', 'job', id, 'attempt', attempt, 'last_seen', as_text(now))
   local pod, conn = args[5], args[6]
   if pod and pod ~= '' and conn and redis.call('HGET', rk, 'conn') == conn then
     redis.call('SREM', pod_inbox_key(ns, pod), name)
@@ -1085,7 +1102,7 @@ local function heartbeat(keys, args)
   end
   if j.status == 'running' then
     local now, cfg = now_ms(), config(ns)
-    j.lease_deadline = tostring(now + cfg.lease)
+    j.lease_deadline = as_text(now + cfg.lease)
     redis.call('HSET', job_key(ns, id), 'lease_deadline', j.lease_deadline)
     if reap_job(ns, id, now, cfg, j) == 'timeout' then
       return cjson.encode({result = 'cancel', reason = 'timeout'})
@@ -1310,7 +1327,7 @@ local function record(keys, args)
     local status, changed = j[1] or '', false
     if j[1] and j[2] == attempt then
       if status == 'completed' then
-        redis.call('HSET', jk, 'status', 'processed', 'processed', tostring(now))
+        redis.call('HSET', jk, 'status', 'processed', 'processed', as_text(now))
         status, changed = 'processed', true
         count(ns, 'processed')
         emit(ns, now, 'processed', id, {attempt = attempt})
@@ -1325,7 +1342,7 @@ local function record(keys, args)
         if retention > 0 then redis.call('EXPIRE', jk, retention) end
         if retention > 0 then redis.call('EXPIRE', log_key(ns, id), retention) end
         for _, sink in ipairs(sinks) do
-          redis.call('ZADD', sinkbox_key(ns, sink), now, entry)
+          redis.call('ZADD', sinkbox_key(ns, sink), as_text(now), entry)
           redis.call('SADD', sinks_key(ns), sink)
         end
       end
@@ -1468,7 +1485,7 @@ local function runner_rotate(keys, args)
     unidle(ns, name)
     local state = (r[2] and r[2] ~= '') and 'busy' or 'offline'
     redis.call('HDEL', rk, 'conn')
-    redis.call('HSET', rk, 'pod', '', 'state', state, 'last_seen', tostring(now_ms()))
+    redis.call('HSET', rk, 'pod', '', 'state', state, 'last_seen', as_text(now_ms()))
     redis.call('SREM', pod_runners_key(ns, r[1]), name)
     notify(ns, r[1], name)
     closed = 1
@@ -1526,8 +1543,8 @@ local function log_drop(ns, id, l, attempt, seq, size, max_bytes)
                              .. '%d bytes]\n', bytes, chunks, max_bytes)
   local note = redis.call('XADD', lk, '*', 'attempt', attempt, 'seq', seq, 'stream', 'note',
                           'data', text)
-  redis.call('HSET', jk, 'log_attempt', attempt, 'log_seq', seq, 'log_dropped', tostring(bytes),
-             'log_dropped_chunks', tostring(chunks), 'log_note', note)
+  redis.call('HSET', jk, 'log_attempt', attempt, 'log_seq', seq, 'log_dropped', as_text(bytes),
+             'log_dropped_chunks', as_text(chunks), 'log_note', note)
   return 'dropped'
 end
 
@@ -1546,7 +1563,7 @@ local function log_append(keys, args)
   redis.call('XADD', log_key(ns, id), '*', 'attempt', attempt, 'seq', seq, 'stream', stream,
              'data', data)
   redis.call('HSET', job_key(ns, id), 'log_attempt', attempt, 'log_seq', seq,
-             'log_bytes', tostring(used + cost))
+             'log_bytes', as_text(used + cost))
   return 'stored'
 end
 
