@@ -100,12 +100,21 @@ end
 -- The control fields of a job (never the payload or outputs, which may be large).
 local JOB_FIELDS = {'id', 'spec', 'status', 'attempt', 'runner', 'priority', 'timeout',
                     'max_attempts', 'runs', 'lost_starts', 'qmember', 'start_deadline',
-                    'lease_deadline', 'started', 'failed_by', 'cancel_reason'}
+                    'lease_deadline', 'started', 'failed_by', 'cancel_reason', 'group'}
 
-local function load_job(ns, id)
-  local values = redis.call('HMGET', job_key(ns, id), unpack(JOB_FIELDS))
+-- What the hot paths read instead (each field an HMGET looks up costs a scan of the record):
+-- `running`/`heartbeat` fence, renew the lease and see whether a deadline passed (reap_job then
+-- reads the whole record); a terminal result fences and finalizes.
+local START_FIELDS = {'status', 'runner', 'attempt', 'cancel_reason', 'runs', 'started', 'timeout',
+                      'lease_deadline', 'start_deadline'}
+local FINISH_FIELDS = {'status', 'runner', 'attempt', 'failed_by', 'group', 'spec', 'qmember'}
+
+-- `fields`: which control fields (default: all of JOB_FIELDS); the others are nil in the table.
+local function load_job(ns, id, fields)
+  fields = fields or JOB_FIELDS
+  local values = redis.call('HMGET', job_key(ns, id), unpack(fields))
   local j = {}
-  for i, name in ipairs(JOB_FIELDS) do j[name] = values[i] or nil end
+  for i, name in ipairs(fields) do j[name] = values[i] or nil end
   return j
 end
 
@@ -176,11 +185,11 @@ local BELL_INLINE_MAX = 8192
 --   '<runner> <conn> <job> <attempt> <spec> <timeout> <created>' [ '\n' <payload JSON> ]
 -- The payload part is absent when it is over BELL_INLINE_MAX. `conn` is the connection
 -- generation the runner was idle on: a pod never sends the job on another one.
-local function notify_offer(ns, pod, runner, conn, id)
+local function notify_offer(ns, pod, runner, conn, offer)
   redis.call('SADD', pod_inbox_key(ns, pod), runner)
-  local j = redis.call('HMGET', job_key(ns, id), 'attempt', 'spec', 'timeout', 'created', 'payload')
-  local bell = table.concat({runner, conn, id, j[1], j[2], j[3], j[4]}, ' ')
-  if #j[5] <= BELL_INLINE_MAX then bell = bell .. '\n' .. j[5] end
+  local bell = table.concat({runner, conn, offer.job, offer.attempt, offer.spec, offer.timeout_text,
+                             offer.created_text}, ' ')
+  if #offer.payload <= BELL_INLINE_MAX then bell = bell .. '\n' .. offer.payload end
   redis.call('SPUBLISH', pod_channel(ns, pod), bell)
 end
 
@@ -196,12 +205,13 @@ end
 -- The runner no longer holds a job: idle if connected, offline otherwise.
 local function free_runner(ns, name, job_id, now)
   local rk = runner_key(ns, name)
-  local r = redis.call('HMGET', rk, 'job', 'pod')
-  if r[1] ~= job_id then return nil end
+  local r = redis.call('HMGET', rk, 'job', 'pod', 'ephemeral')
+  local seen = {r[3], r[2]}  -- what retire_if_ephemeral reads (unchanged here)
+  if r[1] ~= job_id then return nil, seen end
   local pod = r[2]
   local state = (pod and pod ~= '') and 'idle' or 'offline'
   redis.call('HSET', rk, 'job', '', 'attempt', '', 'state', state, 'idle_since', as_text(now))
-  return pod
+  return pod, seen
 end
 
 -- The lease deadline that matters next for an in-flight job.
@@ -299,8 +309,8 @@ end
 
 -- Job `id` was just claimed: it takes a slot of its group and leaves the group's queue (and the
 -- pending set, where it stood for the group); a group now full hides its other heads.
-local function group_claim(ns, id)
-  local j = redis.call('HMGET', job_key(ns, id), 'group', 'spec', 'qmember')
+-- `j`: the job's group, spec and qmember (as assign read them).
+local function group_claim(ns, id, j)
   if not j[1] or j[1] == '' then return end
   local g = j[1]
   redis.call('SADD', group_inflight_key(ns, g), id)
@@ -316,19 +326,31 @@ local group_fill  -- (defined below pick_idle_runner, which it uses)
 
 -- Assign job `id` to runner `name` as a new attempt. Returns the new attempt number. `specs`:
 -- the runner's specs when the caller has them read already.
+-- Assign job `id` to runner `name` as a new attempt. Returns the offer: what a pod needs to send
+-- the `job` (job, attempt, spec, payload as raw JSON text, timeout, created), plus the timeout and
+-- created as stored (timeout_text, created_text: for the bell). `specs`: the runner's specs when
+-- the caller has them read already. One read and one write of each record (every call here is a
+-- good part of the cost of a match).
 local function assign(ns, id, name, now, cfg, specs)
   local jk = job_key(ns, id)
-  local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
+  local j = redis.call('HMGET', jk, 'attempt', 'spec', 'payload', 'timeout', 'created', 'group',
+                       'qmember')
+  local attempt = (tonumber(j[1]) or 0) + 1
   local deadline = now + cfg.start
-  redis.call('HSET', jk, 'status', 'claimed', 'runner', name, 'claimed', as_text(now),
-             'start_deadline', as_text(deadline), 'started', '', 'lease_deadline', '')
+  redis.call('HSET', jk, 'attempt', as_text(attempt), 'status', 'claimed', 'runner', name,
+             'claimed', as_text(now), 'start_deadline', as_text(deadline), 'started', '',
+             'lease_deadline', '')
   redis.call('ZADD', leases_key(ns), as_text(deadline), id)
-  unidle(ns, name, specs)
-  redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', as_text(attempt))
-  group_claim(ns, id)
+  for _, spec in ipairs(specs or runner_specs(ns, name)) do  -- out of the idle sets
+    redis.call('ZREM', idle_key(ns, spec), name)
+  end
+  redis.call('HSET', runner_key(ns, name), 'state', 'busy', 'job', id, 'attempt', as_text(attempt),
+             'polling', '0')
+  group_claim(ns, id, {j[6], j[2], j[7]})
   count(ns, 'dispatched')
   emit(ns, now, 'claimed', id, {attempt = attempt, runner = name})
-  return attempt
+  return {job = id, attempt = attempt, spec = j[2], payload = j[3], timeout = tonumber(j[4]),
+          created = tonumber(j[5]), timeout_text = j[4], created_text = j[5]}
 end
 
 -- The longest-idle runner of `spec` on a live pod, dropping dead entries on the way. At most
@@ -367,8 +389,7 @@ group_fill = function(ns, g, now, cfg)
       local name, pod, conn = pick_idle_runner(ns, spec, now)
       if not name then break end
       local id = qmember_id(head[1])
-      assign(ns, id, name, now, cfg)  -- claims: the job leaves the group's queue
-      notify_offer(ns, pod, name, conn, id)
+      notify_offer(ns, pod, name, conn, assign(ns, id, name, now, cfg))  -- leaves the group's queue
       given = given + 1
     end
   end
@@ -394,8 +415,9 @@ end
 
 -- Job `id` left its group's slots or queue for good (final, or waiting for a delayed retry): its
 -- slot goes to the group's next pending job at once. Idempotent; nothing for a job without group.
-local function group_release(ns, id, now)
-  local j = redis.call('HMGET', job_key(ns, id), 'group', 'spec', 'qmember')
+-- `j`: the job's group, spec and qmember when the caller has them current already.
+local function group_release(ns, id, now, j)
+  j = j or redis.call('HMGET', job_key(ns, id), 'group', 'spec', 'qmember')
   if not j[1] or j[1] == '' then return end
   local freed = redis.call('SREM', group_inflight_key(ns, j[1]), id)
   redis.call('ZREM', group_pending_key(ns, j[1], j[2]), j[3])  -- a pending job canceled
@@ -409,8 +431,7 @@ local function match_or_queue(ns, id, now, cfg)
   if j[4] and j[4] ~= '' then return group_queue(ns, id, j, now, cfg) end
   local name, pod, conn = pick_idle_runner(ns, j[1], now)
   if name then
-    assign(ns, id, name, now, cfg)
-    notify_offer(ns, pod, name, conn, id)
+    notify_offer(ns, pod, name, conn, assign(ns, id, name, now, cfg))
     return name
   end
   redis.call('HSET', jk, 'status', 'pending', 'runner', '', 'start_deadline', '',
@@ -457,7 +478,8 @@ local MAX_RETRY_DELAY_S = 24 * 3600
 
 -- Log how job `id`'s current attempt ended: status completed|failed|canceled|lost, times in ms.
 -- An entry for the same attempt is replaced (a `completed` that overrides a lease-expiry failure).
-local function log_attempt(ns, id, status, error, now, exit_code, retried)
+-- `into`: a table of fields the caller writes next; the history goes there instead of its own HSET.
+local function log_attempt(ns, id, status, error, now, exit_code, retried, into)
   local jk = job_key(ns, id)
   local j = redis.call('HMGET', jk, 'attempt', 'runner', 'claimed', 'started', 'history')
   local entry = {attempt = tonumber(j[1]), runner = j[2] or '', status = status,
@@ -472,6 +494,7 @@ local function log_attempt(ns, id, status, error, now, exit_code, retried)
     history[#history + 1] = entry
   end
   while #history > HISTORY_MAX do table.remove(history, 1) end
+  if into then into.history = cjson.encode(history) return end
   redis.call('HSET', jk, 'history', cjson.encode(history))
 end
 
@@ -540,9 +563,10 @@ end
 -- token is refused from then on (a reconnect gets 401). `ring`: tell its pod, which closes the
 -- connection with 4001; false from `finish`, whose pod closes it itself after the ack (so the
 -- runner gets its ack first). Returns true when the runner was removed.
-local function retire_if_ephemeral(ns, name, now, ring)
+-- `r`: the runner's ephemeral and pod fields when the caller has them current already.
+local function retire_if_ephemeral(ns, name, now, ring, r)
   local rk = runner_key(ns, name)
-  local r = redis.call('HMGET', rk, 'ephemeral', 'pod')
+  r = r or redis.call('HMGET', rk, 'ephemeral', 'pod')
   if r[1] ~= '1' then return false end
   unidle(ns, name)
   redis.call('DEL', rk)
@@ -578,10 +602,10 @@ end
 
 -- `finalize`'s part: the attempt in flight ends (or a `completed` replaces the lease-expiry
 -- failure of the same attempt); a pending job that is canceled had no attempt running.
-local function log_final_attempt(ns, id, status, error, now, extra, prev)
+local function log_final_attempt(ns, id, status, error, now, extra, prev, into)
   prev = prev or redis.call('HGET', job_key(ns, id), 'status')
   if IN_FLIGHT[prev] or status == 'completed' then
-    log_attempt(ns, id, status, error, now, extra and extra.exit_code)
+    log_attempt(ns, id, status, error, now, extra and extra.exit_code, nil, into)
   end
 end
 
@@ -593,11 +617,12 @@ end
 -- results outbox in the same call: whoever decided the outcome (a runner's message, the reaper, a
 -- cancel) may die right after, and the result writers still get it. Score = when the entry is
 -- due for the pump (now); the pump re-scores it while a batch holds it.
--- `known`: the job's status and attempt when the caller has them current already (`finish`).
+-- `known`: the job's status, attempt and group fields ({group, spec, qmember}) when the caller
+-- has them current already (`finish`).
 local function finalize(ns, id, status, error, now, extra, known)
   local jk = job_key(ns, id)
-  log_final_attempt(ns, id, status, error, now, extra, known and known.status)
   local fields = extra or {}
+  log_final_attempt(ns, id, status, error, now, extra, known and known.status, fields)
   fields.status, fields.error, fields.finished = status, error or '', as_text(now)
   write_fields(jk, fields)
   redis.call('ZREM', leases_key(ns), id)
@@ -606,7 +631,7 @@ local function finalize(ns, id, status, error, now, extra, known)
   emit(ns, now, status, id, {attempt = attempt, error = error or ''})
   if status ~= 'completed' then publish_done(ns, id) end
   redis.call('ZADD', outbox_key(ns), as_text(now), id .. ':' .. attempt)
-  group_release(ns, id, now)
+  group_release(ns, id, now, known and known.group)
 end
 
 -- The attempt of job `j` (a load_job table) is lost: tell its runner's pod, free the runner.
@@ -657,7 +682,8 @@ local function cancel_job(ns, j, reason, now)
 end
 
 -- One due lease entry. Returns the outcome or nil when not due yet (then re-scored).
--- `loaded`: the job's control fields when the caller has them current already (hot paths).
+-- `loaded`: the job's current START_FIELDS (at least) when the caller has them (hot paths); a
+-- deadline that passed has the whole record read before the attempt ends.
 local function reap_job(ns, id, now, cfg, loaded)
   local j = loaded or load_job(ns, id)
   if not IN_FLIGHT[j.status] then
@@ -665,13 +691,13 @@ local function reap_job(ns, id, now, cfg, loaded)
     return nil
   end
   if j.status == 'claimed' then
-    if now >= tonumber(j.start_deadline) then return expire_start(ns, j, now, cfg) end
+    if now >= tonumber(j.start_deadline) then return expire_start(ns, load_job(ns, id), now, cfg) end
   else
     if now >= hard_deadline(j, cfg) then
-      cancel_job(ns, j, 'timeout', now)
+      cancel_job(ns, load_job(ns, id), 'timeout', now)
       return 'timeout'
     end
-    if now >= tonumber(j.lease_deadline) then return expire_lease(ns, j, now, cfg) end
+    if now >= tonumber(j.lease_deadline) then return expire_lease(ns, load_job(ns, id), now, cfg) end
   end
   redis.call('ZADD', leases_key(ns), as_text(next_deadline(j, cfg)), id)
   return nil
@@ -955,9 +981,8 @@ local function ready(keys, args)
   local specs = r[4] and cjson.decode(r[4]) or {}
   local id = best_pending(ns, specs)
   if id then
-    assign(ns, id, name, now, cfg, specs)
-    local offer = job_offer(ns, id)
-    offer.result = 'job'
+    local offer = assign(ns, id, name, now, cfg, specs)
+    offer.result, offer.timeout_text, offer.created_text = 'job', nil, nil
     return cjson.encode(offer)
   end
   if mode == 'try' then return cjson.encode({result = 'none'}) end
@@ -1028,9 +1053,9 @@ local function observe(keys, args)
 end
 
 -- Fence a runner's job-scoped message. Returns the job table, or nil and the reply to send.
-local function fence(ns, name, id, attempt)
+local function fence(ns, name, id, attempt, fields)
   if redis.call('EXISTS', runner_key(ns, name)) == 0 then return nil, 'stale' end  -- revoked
-  local j = load_job(ns, id)
+  local j = load_job(ns, id, fields)
   if not j.status then return nil, 'unknown' end
   if j.runner ~= name or j.attempt ~= attempt then return nil, 'stale' end
   return j
@@ -1060,7 +1085,7 @@ after each job a match's bell delivered; news after this call rings and adds the
 ]]
 local function start(keys, args)
   local ns, name, id, attempt = args[1], args[2], args[3], args[4]
-  local j = fence(ns, name, id, attempt)
+  local j = fence(ns, name, id, attempt, START_FIELDS)
   if not j or not IN_FLIGHT[j.status] then
     return cjson.encode({result = 'cancel', reason = lost_reason(j)})
   end
@@ -1096,7 +1121,7 @@ left as it is (it still has to send `running`); past timeout + grace the job is 
 ]]
 local function heartbeat(keys, args)
   local ns, name, id, attempt = args[1], args[2], args[3], args[4]
-  local j = fence(ns, name, id, attempt)
+  local j = fence(ns, name, id, attempt, START_FIELDS)
   if not j or not IN_FLIGHT[j.status] then
     return cjson.encode({result = 'cancel', reason = lost_reason(j)})
   end
@@ -1135,7 +1160,7 @@ returns (PROTOCOL rule 4: the pod acknowledges right after this call, nothing el
 ]]
 local function finish(keys, args)
   local ns, name, id, attempt, status = args[1], args[2], args[3], args[4], args[5]
-  local j, why = fence(ns, name, id, attempt)
+  local j, why = fence(ns, name, id, attempt, FINISH_FIELDS)
   if not j then return cjson.encode({result = why, status = ''}) end
   local override = status == 'completed' and j.status == 'failed' and j.failed_by == 'lease'
   if not IN_FLIGHT[j.status] and not override then
@@ -1153,10 +1178,10 @@ local function finish(keys, args)
                          retired = retire_if_ephemeral(ns, name, now, false)})
   end
   finalize(ns, id, status, status == 'completed' and '' or args[10], now, extra,
-           {status = j.status, attempt = j.attempt})
-  free_runner(ns, name, id, now)
+           {status = j.status, attempt = j.attempt, group = {j.group, j.spec, j.qmember}})
+  local _, runner = free_runner(ns, name, id, now)
   return cjson.encode({result = 'recorded', status = status, override = override,
-                       retired = retire_if_ephemeral(ns, name, now, false)})
+                       retired = retire_if_ephemeral(ns, name, now, false, runner)})
 end
 
 -- '<job>:<attempt>' -> job id, attempt (text)
@@ -1638,8 +1663,7 @@ local function unpark(ns, name, now)
   local specs = runner_specs(ns, name)
   local id = best_pending(ns, specs)
   if id then
-    assign(ns, id, name, now, config(ns))
-    notify_offer(ns, r[1], name, r[4] or '0', id)
+    notify_offer(ns, r[1], name, r[4] or '0', assign(ns, id, name, now, config(ns)))
     return id
   end
   for _, spec in ipairs(specs) do redis.call('ZADD', idle_key(ns, spec), r[5] or now, name) end
