@@ -425,17 +425,21 @@ local function group_release(ns, id, now, j)
 end
 
 -- A job is (again) ready to run: hand it to an idle runner at once, or queue it.
-local function match_or_queue(ns, id, now, cfg)
+-- `fresh`: the job's spec, priority, qmember and group, from `submit`, which has just written the
+-- whole record as pending (nothing to read, nothing to reset).
+local function match_or_queue(ns, id, now, cfg, fresh)
   local jk = job_key(ns, id)
-  local j = redis.call('HMGET', jk, 'spec', 'priority', 'qmember', 'group')
+  local j = fresh or redis.call('HMGET', jk, 'spec', 'priority', 'qmember', 'group')
   if j[4] and j[4] ~= '' then return group_queue(ns, id, j, now, cfg) end
   local name, pod, conn = pick_idle_runner(ns, j[1], now)
   if name then
     notify_offer(ns, pod, name, conn, assign(ns, id, name, now, cfg))
     return name
   end
-  redis.call('HSET', jk, 'status', 'pending', 'runner', '', 'start_deadline', '',
-             'lease_deadline', '', 'started', '', 'claimed', '')
+  if not fresh then
+    redis.call('HSET', jk, 'status', 'pending', 'runner', '', 'start_deadline', '',
+               'lease_deadline', '', 'started', '', 'claimed', '')
+  end
   redis.call('ZADD', pending_key(ns, j[1]), -tonumber(j[2]), j[3])
   return nil
 end
@@ -792,16 +796,18 @@ local function submit(keys, args)
   local seq = redis.call('INCR', key(ns, 'seq'))
   if not id or id == '' then id = new_job_id(ns, seq, now) end
   local jk = job_key(ns, id)
+  local qmember = string.format('%016d', seq) .. ':' .. id
   redis.call('HSET', jk, 'id', id, 'spec', spec, 'payload', payload, 'priority', priority_text,
              'timeout', tostring(timeout), 'max_attempts', tostring(max_attempts), 'attempt', '0',
-             'status', 'pending', 'runner', '', 'created', as_text(now),
-             'qmember', string.format('%016d', seq) .. ':' .. id, 'lost_starts', '0', 'runs', '0')
-  redis.call('HSET', jk, 'retries', retry_opts[1], 'retry_delay', retry_opts[2], 'retries_used', '0')
+             'status', 'pending', 'runner', '', 'created', as_text(now), 'qmember', qmember,
+             'lost_starts', '0', 'runs', '0', 'retries', retry_opts[1], 'retry_delay', retry_opts[2],
+             'retries_used', '0', 'start_deadline', '', 'lease_deadline', '', 'started', '',
+             'claimed', '')
   redis.call('SADD', key(ns, 'specs'), spec)
   if group ~= '' then redis.call('HSET', jk, 'group', group); redis.call('SADD', groups_key(ns), group) end
   count(ns, 'submitted')
-  emit(ns, now, 'submitted', id, {spec = spec, priority = string.format('%d', priority)})
-  match_or_queue(ns, id, now, config(ns))
+  emit(ns, now, 'submitted', id, {spec = spec, priority = priority_text})
+  match_or_queue(ns, id, now, config(ns), {spec, priority_text, qmember, group})
   return id
 end
 
