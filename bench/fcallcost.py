@@ -178,10 +178,14 @@ def measure(
 ) -> dict[str, object]:
     client.function_load(library, replace=True)
     keys = Keys(f"fcost{uuid.uuid4().hex[:8]}")
-    conns = _runners(client, keys)
-    lifecycles(Meter(client, read), keys, conns, len(conns))  # warm-up: every key exists
-    meter = Meter(client, read)
-    return meter.report(lifecycles(meter, keys, conns, jobs), unit)
+    try:
+        conns = _runners(client, keys)
+        lifecycles(Meter(client, read), keys, conns, len(conns))  # warm-up: every key exists
+        meter = Meter(client, read)
+        return meter.report(lifecycles(meter, keys, conns, jobs), unit)
+    finally:
+        for name in client.scan_iter(match=f"{keys.namespace}:*", count=1000):
+            client.delete(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--redis-url", help="a Redis no one else uses (µs from commandstats)")
     where.add_argument("--callgrind", action="store_true", help="count instructions instead")
-    parser.add_argument("--library", type=Path, default=LIBRARY, help="the Lua library to load")
+    parser.add_argument(
+        "--library",
+        type=Path,
+        default=LIBRARY,
+        help="the Lua library to load (it replaces that Redis's: with --redis-url, a Redis of "
+        "your own)",
+    )
     parser.add_argument("--jobs", type=int, default=None, help="lifecycles (rounds of 200)")
     args = parser.parse_args(argv)
     library = args.library.read_text()
