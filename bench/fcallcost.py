@@ -1,6 +1,6 @@
 """Redis's own CPU per job lifecycle, function by function (issue 11: lifecycles/s).
 
-    .venv/bin/python -m bench.fcallcost --redis-url redis://127.0.0.1:6395/0 [--jobs 2000]
+    .venv/bin/python -m bench.fcallcost --redis-url URL [--jobs 2000]   (a Redis of your own)
     .venv/bin/python -m bench.fcallcost --callgrind [--library OLD.lua] [--jobs 200]
 
 Drives the lifecycle the throughput scenario drives, from this process alone (no pod, runner or

@@ -324,8 +324,6 @@ end
 
 local group_fill  -- (defined below pick_idle_runner, which it uses)
 
--- Assign job `id` to runner `name` as a new attempt. Returns the new attempt number. `specs`:
--- the runner's specs when the caller has them read already.
 -- Assign job `id` to runner `name` as a new attempt. Returns the offer: what a pod needs to send
 -- the `job` (job, attempt, spec, payload as raw JSON text, timeout, created), plus the timeout and
 -- created as stored (timeout_text, created_text: for the bell). `specs`: the runner's specs when
@@ -695,13 +693,17 @@ local function reap_job(ns, id, now, cfg, loaded)
     return nil
   end
   if j.status == 'claimed' then
-    if now >= tonumber(j.start_deadline) then return expire_start(ns, load_job(ns, id), now, cfg) end
+    if now >= tonumber(j.start_deadline) then
+      return expire_start(ns, load_job(ns, id), now, cfg)
+    end
   else
     if now >= hard_deadline(j, cfg) then
       cancel_job(ns, load_job(ns, id), 'timeout', now)
       return 'timeout'
     end
-    if now >= tonumber(j.lease_deadline) then return expire_lease(ns, load_job(ns, id), now, cfg) end
+    if now >= tonumber(j.lease_deadline) then
+      return expire_lease(ns, load_job(ns, id), now, cfg)
+    end
   end
   redis.call('ZADD', leases_key(ns), as_text(next_deadline(j, cfg)), id)
   return nil
@@ -800,9 +802,9 @@ local function submit(keys, args)
   redis.call('HSET', jk, 'id', id, 'spec', spec, 'payload', payload, 'priority', priority_text,
              'timeout', tostring(timeout), 'max_attempts', tostring(max_attempts), 'attempt', '0',
              'status', 'pending', 'runner', '', 'created', as_text(now), 'qmember', qmember,
-             'lost_starts', '0', 'runs', '0', 'retries', retry_opts[1], 'retry_delay', retry_opts[2],
-             'retries_used', '0', 'start_deadline', '', 'lease_deadline', '', 'started', '',
-             'claimed', '')
+             'lost_starts', '0', 'runs', '0', 'retries', retry_opts[1],
+             'retry_delay', retry_opts[2], 'retries_used', '0', 'start_deadline', '',
+             'lease_deadline', '', 'started', '', 'claimed', '')
   redis.call('SADD', key(ns, 'specs'), spec)
   if group ~= '' then redis.call('HSET', jk, 'group', group); redis.call('SADD', groups_key(ns), group) end
   count(ns, 'submitted')
