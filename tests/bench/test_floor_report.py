@@ -106,6 +106,24 @@ def test_every_target_is_judged_from_the_figures() -> None:
     assert rows["10 runners, 10 jobs/s: poll p50 ÷ pub/sub p50"]["value"] == 220.0
 
 
+def test_the_lifecycle_row_says_what_each_lifecycle_cost_in_cpu() -> None:
+    r = result()
+    r["runs"]["throughput"]["cpu_percent"] = {
+        "pod0": 30.0,
+        "pod1": 40.0,
+        "redis": 60.0,
+        "machine": 190.0,
+        "sim0": 20.0,
+    }
+    row = targeted(floorreport.evaluate(r))["acknowledged full lifecycles/s, 2 pods"]
+    # 2,100 jobs/s: 190 % of a core is 1.9 s of CPU per s, 0.905 ms per job
+    assert row["note"] == "CPU per lifecycle: machine 0.905 ms, Redis 0.286 ms, pods 0.333 ms"
+    assert (
+        targeted(floorreport.evaluate(result()))["acknowledged full lifecycles/s, 2 pods"]["note"]
+        == ""
+    )  # no CPU figures: no note
+
+
 def test_missed_targets_are_misses() -> None:
     r = result()
     r["runs"]["headline"]["pubsub"] = lat(1.6, 3.0)
