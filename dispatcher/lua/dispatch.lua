@@ -187,8 +187,8 @@ local BELL_INLINE_MAX = 8192
 -- generation the runner was idle on: a pod never sends the job on another one.
 local function notify_offer(ns, pod, runner, conn, offer)
   redis.call('SADD', pod_inbox_key(ns, pod), runner)
-  local bell = table.concat({runner, conn, offer.job, offer.attempt, offer.spec, offer.timeout_text,
-                             offer.created_text}, ' ')
+  local bell = table.concat({runner, conn, offer.job, as_text(offer.attempt), offer.spec,
+                             as_text(offer.timeout), as_text(offer.created)}, ' ')
   if #offer.payload <= BELL_INLINE_MAX then bell = bell .. '\n' .. offer.payload end
   redis.call('SPUBLISH', pod_channel(ns, pod), bell)
 end
@@ -324,11 +324,17 @@ end
 
 local group_fill  -- (defined below pick_idle_runner, which it uses)
 
--- Assign job `id` to runner `name` as a new attempt. Returns the offer: what a pod needs to send
--- the `job` (job, attempt, spec, payload as raw JSON text, timeout, created), plus the timeout and
--- created as stored (timeout_text, created_text: for the bell). `specs`: the runner's specs when
--- the caller has them read already. One read and one write of each record (every call here is a
--- good part of the cost of a match).
+-- What a pod needs to send a `job` message (payload stays raw JSON text), from the values of
+-- OFFER_FIELDS as HMGET returns them.
+local OFFER_FIELDS = {'attempt', 'spec', 'payload', 'timeout', 'created'}
+local function offer_of(id, v)
+  return {job = id, attempt = tonumber(v[1]), spec = v[2], payload = v[3],
+          timeout = tonumber(v[4]), created = tonumber(v[5])}
+end
+
+-- Assign job `id` to runner `name` as a new attempt. Returns its offer (offer_of). `specs`: the
+-- runner's specs when the caller has them read already. One read and one write of each record
+-- (every call here is a good part of the cost of a match).
 local function assign(ns, id, name, now, cfg, specs)
   local jk = job_key(ns, id)
   local j = redis.call('HMGET', jk, 'attempt', 'spec', 'payload', 'timeout', 'created', 'group',
@@ -347,8 +353,9 @@ local function assign(ns, id, name, now, cfg, specs)
   group_claim(ns, id, {j[6], j[2], j[7]})
   count(ns, 'dispatched')
   emit(ns, now, 'claimed', id, {attempt = attempt, runner = name})
-  return {job = id, attempt = attempt, spec = j[2], payload = j[3], timeout = tonumber(j[4]),
-          created = tonumber(j[5]), timeout_text = j[4], created_text = j[5]}
+  local offer = offer_of(id, j)  -- OFFER_FIELDS first, then group and qmember
+  offer.attempt = attempt
+  return offer
 end
 
 -- The longest-idle runner of `spec` on a live pod, dropping dead entries on the way. At most
@@ -459,11 +466,8 @@ local function best_pending(ns, specs)
   return string.sub(best_member, string.find(best_member, ':', 1, true) + 1)
 end
 
--- What a pod needs to send a `job` message (payload stays raw JSON text).
 local function job_offer(ns, id)
-  local j = redis.call('HMGET', job_key(ns, id), 'attempt', 'spec', 'payload', 'timeout', 'created')
-  return {job = id, attempt = tonumber(j[1]), spec = j[2], payload = j[3],
-          timeout = tonumber(j[4]), created = tonumber(j[5])}
+  return offer_of(id, redis.call('HMGET', job_key(ns, id), unpack(OFFER_FIELDS)))
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -990,7 +994,7 @@ local function ready(keys, args)
   local id = best_pending(ns, specs)
   if id then
     local offer = assign(ns, id, name, now, cfg, specs)
-    offer.result, offer.timeout_text, offer.created_text = 'job', nil, nil
+    offer.result = 'job'
     return cjson.encode(offer)
   end
   if mode == 'try' then return cjson.encode({result = 'none'}) end
